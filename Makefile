@@ -1,0 +1,25 @@
+# Every target sets up .venv itself, so a fresh clone needs nothing installed by hand.
+# torch is pinned in the same pip command as the project so pip never pulls a CUDA build.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ember train examples/llm_pretrain.yaml output_dir=runs/demo overwrite_output_dir=true
+	$(VENV)/bin/ember generate runs/demo --prompt "The return statement" --max_new_tokens 60
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+clean:
+	rm -rf $(VENV) runs

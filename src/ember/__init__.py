@@ -1,0 +1,1 @@
+"""ember: train large models from one command or one YAML file."""

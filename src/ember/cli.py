@@ -1,0 +1,99 @@
+"""The command line: `ember train | tokenizer | generate`. The only place that reads argv."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .config.errors import ConfigError
+
+USAGE = """usage: ember COMMAND ...
+
+commands:
+  train      train a model: ember train [CONFIG.yaml] [key=value ...] [--key value ...]
+  tokenizer  train a BPE tokenizer on a dataset (for training from scratch)
+  generate   sample text from a trained model folder
+Run `ember COMMAND --help` for the keys of a command."""
+
+
+def _train(args: list[str]) -> int:
+    from .config.help import render_help
+    from .config.loader import load_config
+    if "--help" in args or "-h" in args:
+        print(render_help())
+        return 0
+    cfg = load_config(args)  # every config error surfaces here, before any model is built
+    from .engine.trainer import Trainer
+    from .tasks import build_task
+    result = Trainer(cfg, build_task(cfg)).fit()
+    print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    return 0
+
+
+def _tokenizer(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ember tokenizer", description="train a byte-level BPE tokenizer")
+    parser.add_argument("--dataset", required=True, help="dataset name(s) or path(s), as for ember train")
+    parser.add_argument("--dataset_dir", default="data")
+    parser.add_argument("--vocab_size", type=int, default=4096)
+    parser.add_argument("--max_samples", type=int, default=None)
+    parser.add_argument("--output_dir", required=True)
+    opts = parser.parse_args(args)
+    from .tokenizer import train_tokenizer
+    tok = train_tokenizer(opts.dataset, opts.dataset_dir, opts.vocab_size, opts.output_dir, opts.max_samples)
+    print(f"wrote a tokenizer of {len(tok)} tokens to {opts.output_dir}")
+    return 0
+
+
+def _generate(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ember generate", description="sample from a trained model folder")
+    parser.add_argument("model", help="a folder written by ember train (or any local HF causal LM)")
+    parser.add_argument("--prompt", default="")
+    parser.add_argument("--max_new_tokens", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--top_k", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args(args)
+    import torch
+    from .models.hf import load_causal_lm, load_tokenizer
+    tokenizer = load_tokenizer(opts.model, "model")
+    model = load_causal_lm(opts.model).eval()
+    torch.manual_seed(opts.seed)
+    ids = tokenizer(opts.prompt, return_tensors="pt").input_ids
+    if ids.shape[1] == 0:
+        ids = torch.tensor([[tokenizer.bos_token_id or tokenizer.eos_token_id]])
+    out = model.generate(ids, max_new_tokens=opts.max_new_tokens, do_sample=opts.temperature > 0,
+                         temperature=opts.temperature, top_k=opts.top_k, pad_token_id=tokenizer.pad_token_id)
+    print(tokenizer.decode(out[0], skip_special_tokens=True))
+    return 0
+
+
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
+    logging.basicConfig(level=logging.INFO, format="ember: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "datasets", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    import datasets
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    if not sys.stderr.isatty():
+        datasets.disable_progress_bars()
+    try:
+        return COMMANDS[argv[0]](argv[1:])
+    except ConfigError as err:
+        print(f"ember: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ember: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""Rules that involve more than one key; each failure names the keys involved."""
+from __future__ import annotations
+
+from .errors import ConfigError
+from .schema import TrainConfig
+
+
+def check_consistency(cfg: TrainConfig, explicit: set[str]) -> None:
+    """Refuse contradictory settings before any work is done.
+
+    `explicit` holds the keys the user wrote, so a default never counts as a contradiction.
+    """
+    precisions = [k for k in ("fp16", "bf16", "pure_bf16") if getattr(cfg, k)]
+    if len(precisions) > 1:
+        raise ConfigError(f"{' and '.join(precisions)} are both set; choose one precision")
+    if cfg.max_steps <= 0 and cfg.num_train_epochs <= 0:
+        raise ConfigError("neither max_steps nor num_train_epochs is positive; set one of them")
+    has_validation = cfg.val_size > 0 or bool(cfg.eval_dataset)
+    if cfg.eval_strategy in ("steps", "epoch") and not has_validation:
+        raise ConfigError(f"eval_strategy is '{cfg.eval_strategy}' but there is nothing to evaluate on; "
+                          "set val_size or eval_dataset")
+    if cfg.val_size > 0 and cfg.eval_dataset:
+        raise ConfigError("val_size and eval_dataset are both set; use one source of validation data")
+    if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
+        raise ConfigError(f"val_size is a fraction below 1 or a whole count of documents; got {cfg.val_size}")
+    if cfg.model_name_or_path is None and cfg.model_config_ is None:
+        raise ConfigError("no model: set model_name_or_path (a local HF folder) or model_config (a preset or config.json)")
+    if cfg.model_name_or_path and "model_config" in explicit:
+        raise ConfigError("model_name_or_path and model_config are both set; "
+                          "model_config is for training from random weights")
+    if cfg.dataset is None:
+        raise ConfigError("no training data: set dataset (a name in dataset_info.json or a path)")
+    if cfg.lr_scheduler_type == "reduce_lr_on_plateau" and not has_validation:
+        raise ConfigError("lr_scheduler_type reduce_lr_on_plateau needs evaluation; set val_size or eval_dataset")
+    if cfg.optim == "adamw_8bit" and cfg.pure_bf16:
+        raise ConfigError("optim adamw_8bit keeps its own state precision; drop pure_bf16 or use optim adamw")

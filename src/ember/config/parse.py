@@ -1,0 +1,85 @@
+"""argv and YAML → one raw dict per source (no validation here beyond syntax)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+_TRUE = {"true", "1", "yes", "y", "on"}
+_FALSE = {"false", "0", "no", "n", "off"}
+
+
+def as_bool(key: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ConfigError(f"{key} takes true or false; got {value!r}")
+
+
+def parse_scalar(text: str) -> Any:
+    """'3e-4' → 0.0003, 'true' → True, '[1, 2]' → [1, 2]; anything else stays a string."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            return value
+    return text if value is None and text.strip() not in ("null", "~", "None") else value
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping of key: value lines, not a {type(data).__name__}")
+    return data
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`key=value`, `--key value`, `--key=value`, `--flag` and `--betas 0.9 0.999` → dict."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        token = args[i]
+        if token.startswith("--"):
+            key, eq, inline = token[2:].partition("=")
+            if eq:
+                out[key] = parse_scalar(inline)
+                i += 1
+                continue
+            values = []
+            i += 1
+            while i < len(args) and not args[i].startswith("--") and "=" not in args[i]:
+                values.append(parse_scalar(args[i]))
+                i += 1
+            out[key] = True if not values else values[0] if len(values) == 1 else values
+        elif "=" in token:
+            key, _, value = token.partition("=")
+            out[key] = parse_scalar(value)
+            i += 1
+        else:
+            raise ConfigError(f"unexpected argument {token!r}: write key=value or --key value")
+        if key.startswith("no_") and out.get(key) is True:
+            # --no_plot_loss style negation of a boolean flag
+            del out[key]
+            out[key[3:]] = False
+    return out

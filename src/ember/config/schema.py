@@ -1,0 +1,130 @@
+"""The one typed schema of every key a run has.
+
+Keys are flat and named as LLaMA-Factory and HF TrainingArguments name them, so a user's
+existing YAML works. Each group below is one topic of `ember train --help`; TrainConfig is
+all of them at once. Checks that involve several keys live in `checks.py`.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEDULERS = (
+    "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "warmup_stable_decay",
+)
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class TaskGroup(Group):
+    """Task and model"""
+    task: Literal["causal_lm", "vlm", "video_vae"] = Field("causal_lm", description="which model family to train")
+    stage: Literal["pt"] = Field("pt", description="training stage: pt = pretraining on raw text")
+    finetuning_type: Literal["full"] = Field("full", description="which weights train: full = all of them")
+    do_train: bool = Field(True, description="accepted for LLaMA-Factory YAMLs; ember train always trains")
+    model_name_or_path: str | None = Field(None, description="local HF model folder to start from")
+    model_config_: str | None = Field(None, alias="model_config", description="preset name or path to an HF config.json: train from random init")
+    tokenizer_name_or_path: str | None = Field(None, description="tokenizer folder (default: model_name_or_path)")
+
+
+class DataGroup(Group):
+    """Data"""
+    dataset: str | None = Field(None, description="dataset names from dataset_info.json, or file/folder paths; 'a,b' mixes several")
+    eval_dataset: str | None = Field(None, description="datasets used only for evaluation (instead of val_size)")
+    dataset_dir: str = Field("data", description="folder holding dataset_info.json and the data files")
+    cutoff_len: int = Field(1024, gt=1, description="tokens per training sequence (longer text is cut into blocks)")
+    max_samples: int | None = Field(None, gt=0, description="use at most this many documents from each dataset")
+    val_size: float = Field(0.0, ge=0, description="held-out validation part: a fraction (<1) or a count of documents")
+    preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for tokenisation (datasets num_proc)")
+    overwrite_cache: bool = Field(False, description="rebuild the tokenisation cache")
+    dataloader_num_workers: int = Field(0, ge=0, description="worker processes feeding batches")
+
+
+class BatchGroup(Group):
+    """Batch and length of training"""
+    per_device_train_batch_size: int = Field(8, gt=0, description="sequences per device per micro-step")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="sequences per device per evaluation batch")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-steps per optimizer step")
+    num_train_epochs: float = Field(3.0, ge=0, description="passes over the training data (when max_steps is not set)")
+    max_steps: int = Field(-1, description="optimizer steps to run; overrides num_train_epochs when > 0")
+
+
+class OptimGroup(Group):
+    """Optimizer"""
+    optim: Literal[OPTIMIZERS] = Field("adamw", description="optimizer; adamw_8bit needs bitsandbytes")  # type: ignore[valid-type]
+    learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="decoupled weight decay (never applied to biases and norm weights)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="Adam beta1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="Adam beta2")
+    adam_epsilon: float = Field(1e-8, gt=0, description="Adam epsilon")
+    momentum: float = Field(0.0, ge=0, description="SGD momentum")
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the global gradient norm to this; 0 turns clipping off")
+
+
+class ScheduleGroup(Group):
+    """Learning-rate schedule"""
+    lr_scheduler_type: Literal[SCHEDULERS] = Field("linear", description="shape of the learning rate over training")  # type: ignore[valid-type]
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 (wins over warmup_ratio)")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a fraction of all steps")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of decaying schedules, as a fraction of the peak")
+    num_cycles: float | None = Field(None, gt=0, description="cosine waves: default 0.5 (one decay) for cosine, 1 for cosine_with_restarts")
+    power: float = Field(1.0, gt=0, description="polynomial decay power")
+    decay_ratio: float = Field(0.1, ge=0, le=1, description="warmup_stable_decay: fraction of steps spent decaying")
+    plateau_patience: int = Field(3, ge=0, description="reduce_lr_on_plateau: evaluations without improvement before cutting")
+    plateau_factor: float = Field(0.1, gt=0, lt=1, description="reduce_lr_on_plateau: multiply the LR by this when cutting")
+
+
+class PrecisionGroup(Group):
+    """Precision and device"""
+    fp16: bool = Field(False, description="fp16 autocast with a dynamic loss scale (for GPUs; slow on CPUs)")
+    bf16: bool = Field(False, description="bf16 autocast, fp32 weights")
+    pure_bf16: bool = Field(False, description="bf16 weights and compute, no autocast")
+    init_loss_scale: float = Field(65536.0, gt=0, description="fp16: initial loss scale of the GradScaler")
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    seed: int = Field(42, description="seed for weights, data order and dropout; same seed, same run on CPU")
+
+
+class EvalGroup(Group):
+    """Evaluation"""
+    eval_strategy: Literal["no", "steps", "epoch"] | None = Field(None, description="when to evaluate (default: steps when there is validation data)")
+    eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps (default: logging_steps)")
+    eval_on_start: bool = Field(False, description="evaluate once before the first step (shows where the loss started)")
+    max_eval_batches: int | None = Field(None, gt=0, description="cap on batches per evaluation")
+
+
+class OutputGroup(Group):
+    """Output, logging and checkpoints"""
+    output_dir: str = Field("runs/ember", description="where config, metrics, checkpoints and the final model go")
+    overwrite_output_dir: bool = Field(False, description="allow writing into a non-empty output_dir (deletes ember's old outputs there)")
+    logging_steps: int = Field(10, gt=0, description="log metrics every N steps")
+    save_steps: int = Field(500, ge=0, description="write a checkpoint every N steps; 0 = only the final model")
+    save_total_limit: int | None = Field(None, gt=0, description="keep at most N checkpoints (the newest ones)")
+    resume_from_checkpoint: str | None = Field(None, description="a checkpoint folder, or true/auto for the newest complete one in output_dir")
+    plot_loss: bool = Field(False, description="write training_loss.png (and training_eval_loss.png)")
+    report_to: Literal["none", "tensorboard"] = Field("none", description="metrics backend besides metrics.jsonl")
+    run_name: str | None = Field(None, description="name of the run in logs and trackers")
+    disable_tqdm: bool = Field(False, description="plain log lines instead of a progress bar")
+
+
+GROUPS: tuple[type[Group], ...] = (
+    TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup,
+)
+
+
+class TrainConfig(*GROUPS):  # type: ignore[misc]
+    """Every key of a training run."""
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+
+    def to_dict(self) -> dict:
+        """The resolved config as plain YAML-able values, under the keys users write."""
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def field_names() -> list[str]:
+    """Every key a user may write (aliases excluded)."""
+    return [f.alias or name for name, f in TrainConfig.model_fields.items()]

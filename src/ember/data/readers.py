@@ -1,0 +1,72 @@
+"""Files → `datasets.Dataset` rows, with errors that name the file (and line) at fault."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import datasets
+
+from ..config.errors import ConfigError
+from .registry import DatasetSpec
+
+log = logging.getLogger("ember")
+
+BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def data_files(path: Path) -> tuple[str, list[str]]:
+    """The builder and the files of a dataset path (a file, or a folder of files of one kind)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in BUILDERS) if path.is_dir() else [path]
+    if not files:
+        raise ConfigError(f"{path} holds no data files ({', '.join(BUILDERS)})")
+    kinds = {BUILDERS.get(f.suffix) for f in files}
+    if None in kinds:
+        raise ConfigError(f"{files[0]}: unsupported file type '{files[0].suffix}'; use one of {', '.join(BUILDERS)}")
+    if len(kinds) > 1:
+        raise ConfigError(f"{path} mixes file types ({', '.join(sorted(kinds))}); keep one kind per dataset")
+    return kinds.pop(), [str(f) for f in files]
+
+
+def find_json_error(files: list[str]) -> str | None:
+    """Scan JSON/JSONL files for the first malformed line (only after datasets failed to read them)."""
+    for name in files:
+        text = Path(name).read_text(encoding="utf-8", errors="replace")
+        if text.lstrip().startswith(("[", "{")) and not name.endswith(".jsonl"):
+            try:
+                json.loads(text)
+                continue
+            except json.JSONDecodeError as err:
+                if text.lstrip().startswith("["):
+                    return f"{name} line {err.lineno}: {err.msg}"
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as err:
+                    return f"{name} line {number}: malformed JSON ({err.msg})"
+    return None
+
+
+def read_dataset(spec: DatasetSpec, max_samples: int | None = None) -> datasets.Dataset:
+    builder, files = data_files(spec.path)
+    try:
+        ds = datasets.load_dataset(builder, data_files=files, split="train")
+    except Exception as err:  # datasets wraps parser errors in several types; find the real cause
+        where = find_json_error(files) if builder == "json" else None
+        raise ConfigError(f"dataset '{spec.name}': {where or f'cannot read {spec.path}: {err}'}") from None
+    if len(ds) == 0:
+        raise ConfigError(f"dataset '{spec.name}' ({spec.path}) is empty")
+    limit = min(n for n in (max_samples, spec.num_samples, len(ds)) if n is not None)
+    return ds.select(range(limit)) if limit < len(ds) else ds
+
+
+def text_column(ds: datasets.Dataset, spec: DatasetSpec) -> datasets.Dataset:
+    """The one column of raw text that pretraining reads, renamed to 'text'."""
+    column = spec.columns.get("prompt") or ("text" if "text" in ds.column_names else None)
+    if column is None or column not in ds.column_names:
+        wanted = f"column '{column}'" if column else "a 'text' column"
+        raise ConfigError(f"dataset '{spec.name}' has no {wanted} (it has: {', '.join(ds.column_names)}); "
+                          "name the text column with columns: {\"prompt\": ...} in dataset_info.json")
+    ds = ds.select_columns([column])
+    return ds.rename_column(column, "text") if column != "text" else ds

@@ -1,0 +1,38 @@
+"""The output_dir contract: refuse to clobber a previous run by accident, record the config."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ..config.errors import ConfigError
+from .checkpoint import MARKER, PREFIX
+
+# What ember itself writes at the top of output_dir and so may clear on overwrite_output_dir.
+OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "training_eval_loss.png", "config.yaml")
+OWN_DIRS = ("tensorboard",)
+
+
+def prepare_output_dir(cfg, resuming: bool) -> Path:
+    root = Path(cfg.output_dir)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
+    busy = root.is_dir() and any(root.iterdir())
+    if busy and not (resuming or cfg.overwrite_output_dir):
+        raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
+                          "or resume_from_checkpoint: true to continue the run in it")
+    if busy and cfg.overwrite_output_dir and not resuming:
+        for name in OWN_FILES:
+            (root / name).unlink(missing_ok=True)
+        for name in OWN_DIRS:
+            shutil.rmtree(root / name, ignore_errors=True)
+        for folder in [*root.glob(f"{PREFIX}*"), *root.glob(f".tmp-{PREFIX}*")]:
+            if (folder / MARKER).exists() or folder.name.startswith(".tmp-"):
+                shutil.rmtree(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def write_config(cfg, root: Path) -> None:
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,78 @@
+"""Device, seeding and precision: chosen at run time, never hard-coded."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+from ..config.errors import ConfigError
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device is '{name}' but no CUDA device is available; use device: auto or cpu")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Precision:
+    """fp32, fp16 (autocast + loss scaling), bf16 (autocast) or pure_bf16 (bf16 weights).
+
+    Owns the GradScaler so the loop reads the same whatever the precision.
+    """
+
+    def __init__(self, cfg, device: torch.device):
+        self.device = device
+        self.name = "fp16" if cfg.fp16 else "bf16" if cfg.bf16 else "pure_bf16" if cfg.pure_bf16 else "fp32"
+        self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.name)
+        self.param_dtype = torch.bfloat16 if self.name == "pure_bf16" else None
+        self.scaler = (torch.amp.GradScaler(device.type, init_scale=cfg.init_loss_scale)
+                       if self.name == "fp16" else None)
+        self.skipped_steps = 0
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def backward(self, loss: torch.Tensor, inputs=None, retain_graph: bool = False) -> None:
+        if self.scaler is not None:
+            loss = self.scaler.scale(loss)
+        loss.backward(inputs=inputs, retain_graph=retain_graph)
+
+    def unscale(self, optimizer) -> None:
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer) -> None:
+        if self.scaler is None:
+            optimizer.step()
+        else:
+            self.scaler.step(optimizer)
+
+    def update(self) -> None:
+        """After every optimizer stepped: adjust the loss scale and count overflowed steps."""
+        if self.scaler is None:
+            return
+        before = self.scaler.get_scale()
+        self.scaler.update()
+        if self.scaler.get_scale() < before:  # the scale only drops when a step had inf/nan grads
+            self.skipped_steps += 1
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict() if self.scaler else None, "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_steps = state.get("skipped_steps", 0)

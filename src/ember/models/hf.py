@@ -1,0 +1,67 @@
+"""Loading HF causal LMs and tokenizers from local folders, or building one from a config."""
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from ..config.errors import ConfigError
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("ember.presets").iterdir() if p.name.endswith(".json"))
+
+
+def read_model_config(spec: str) -> dict:
+    """A preset name, a config.json path, or a folder holding one → the config as a dict."""
+    if spec in preset_names():
+        return json.loads(resources.files("ember.presets").joinpath(f"{spec}.json").read_text())
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"model_config '{spec}' is neither a preset ({', '.join(preset_names())}) nor a config.json file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"model_config {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if "model_type" not in data:
+        raise ConfigError(f"model_config {path} has no model_type (e.g. \"llama\")")
+    return data
+
+
+def require_local_folder(path: str, key: str) -> None:
+    if not Path(path).is_dir():
+        raise ConfigError(f"{key}: no local folder at {path} (ember never downloads models; "
+                          "point it at a folder with config.json and weights)")
+
+
+def load_tokenizer(path: str, key: str):
+    require_local_folder(path, key)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key}: cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str) -> torch.nn.Module:
+    require_local_folder(path, "model_name_or_path")
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model_name_or_path: cannot load a causal LM from {path}: {str(err).splitlines()[0]}") from None
+
+
+def new_causal_lm(spec: str, tokenizer) -> torch.nn.Module:
+    """Random weights from a config; the vocabulary and special ids follow the tokenizer."""
+    data = read_model_config(spec)
+    data.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = AutoConfig.for_model(**data)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
