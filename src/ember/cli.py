@@ -7,6 +7,8 @@ import os
 import sys
 
 from .config.errors import ConfigError
+from .engine.checkpoint import CheckpointError
+from .engine.preemption import Preempted
 
 USAGE = """usage: ember COMMAND ...
 
@@ -90,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"ember: error: {err}", file=sys.stderr)
         return 2
+    except CheckpointError as err:
+        print(f"ember: error: {err}", file=sys.stderr)
+        return 1
+    except Preempted as stop:
+        print(f"ember: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("ember: interrupted", file=sys.stderr)
         return 130

@@ -32,5 +32,15 @@ def check_consistency(cfg: TrainConfig, explicit: set[str]) -> None:
         raise ConfigError("no training data: set dataset (a name in dataset_info.json or a path)")
     if cfg.lr_scheduler_type == "reduce_lr_on_plateau" and not has_validation:
         raise ConfigError("lr_scheduler_type reduce_lr_on_plateau needs evaluation; set val_size or eval_dataset")
+    if cfg.load_best_model_at_end:
+        if not has_validation or cfg.eval_strategy == "no":
+            raise ConfigError("load_best_model_at_end needs evaluation; set val_size or eval_dataset")
+        eval_every = cfg.eval_steps or cfg.logging_steps
+        if not cfg.save_steps or cfg.save_steps % eval_every:
+            raise ConfigError(f"load_best_model_at_end needs an evaluation at every save: save_steps ({cfg.save_steps}) "
+                              f"must be a positive multiple of eval_steps ({eval_every})")
+    if cfg.resume_from_checkpoint not in (None, "false", "False") and cfg.load_from_checkpoint:
+        raise ConfigError("resume_from_checkpoint and load_from_checkpoint are both set; resume continues a run, "
+                          "load_from_checkpoint starts a new one from weights")
     if cfg.optim == "adamw_8bit" and cfg.pure_bf16:
         raise ConfigError("optim adamw_8bit keeps its own state precision; drop pure_bf16 or use optim adamw")

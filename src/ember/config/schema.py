@@ -103,16 +103,26 @@ class OutputGroup(Group):
     overwrite_output_dir: bool = Field(False, description="allow writing into a non-empty output_dir (deletes ember's old outputs there)")
     logging_steps: int = Field(10, gt=0, description="log metrics every N steps")
     save_steps: int = Field(500, ge=0, description="write a checkpoint every N steps; 0 = only the final model")
-    save_total_limit: int | None = Field(None, gt=0, description="keep at most N checkpoints (the newest ones)")
-    resume_from_checkpoint: str | None = Field(None, description="a checkpoint folder, or true/auto for the newest complete one in output_dir")
     plot_loss: bool = Field(False, description="write training_loss.png (and training_eval_loss.png)")
     report_to: Literal["none", "tensorboard"] = Field("none", description="metrics backend besides metrics.jsonl")
     run_name: str | None = Field(None, description="name of the run in logs and trackers")
     disable_tqdm: bool = Field(False, description="plain log lines instead of a progress bar")
 
 
+class CheckpointGroup(Group):
+    """Checkpoints, resume and best model"""
+    save_total_limit: int | None = Field(None, gt=0, description="keep the N newest checkpoints (the best one is kept besides)")
+    save_only_model: bool = Field(False, description="checkpoints hold weights only: smaller, but resume cannot be exact")
+    resume_from_checkpoint: str | None = Field(None, description="continue a run: a checkpoint folder, or true/auto for the newest complete one in output_dir")
+    load_from_checkpoint: str | None = Field(None, description="start from these weights only (checkpoint or HF folder, .safetensors, .ckpt/.pt/.bin)")
+    ignore_mismatched_sizes: bool = Field(False, description="load_from_checkpoint: skip weights whose name or shape does not fit")
+    metric_for_best_model: str = Field("eval_loss", description="evaluation metric that picks the best checkpoint")
+    greater_is_better: bool | None = Field(None, description="higher metric is better (default: false for metrics named *loss)")
+    load_best_model_at_end: bool = Field(False, description="export the best checkpoint's weights, not the last step's")
+
+
 GROUPS: tuple[type[Group], ...] = (
-    TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup,
+    TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
 )
 
 

@@ -1,7 +1,9 @@
-"""checkpoint-<step>/ folders: written aside, marked complete, renamed into place.
+"""The checkpoint-<step>/ folder: what is in it, how it is written, how it is read back.
 
-A folder without the COMPLETE marker is never resumed from. Retention keeps the newest
-save_total_limit checkpoints plus the best one, deleting only folders ember wrote.
+A checkpoint is written into .tmp-checkpoint-<step>/, every file is flushed to disk, then a
+COMPLETE marker listing each file's size is written and the folder is renamed into place.
+A folder without the marker, or whose files do not match the marker's sizes (a truncated
+copy), is never resumed from.
 """
 from __future__ import annotations
 
@@ -9,24 +11,31 @@ import json
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"
+TMP_PREFIX = f".tmp-{PREFIX}"
 
 
-def _fsync_tree(folder: Path) -> None:
-    for path in [*folder.iterdir(), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written or read; the message names the path and the cause."""
+
+
+def step_of(path: Path) -> int:
+    return int(path.name[len(PREFIX):])
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rng_state() -> dict:
@@ -47,65 +56,68 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def complete_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoint folders, oldest step first."""
+def is_complete(path: Path) -> bool:
+    """Marker present and every listed file present with exactly the recorded size."""
+    marker = path / MARKER
+    try:
+        sizes = json.loads(marker.read_text())["files"]
+        return all((path / name).stat().st_size == size for name, size in sizes.items())
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Every checkpoint-<step> folder (complete or not), oldest step first."""
     root = Path(output_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()
-             and (p / MARKER).is_file()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    found = [p for p in root.glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(found, key=step_of)
 
 
-class Checkpointer:
-    """Saves and restores everything a run needs to continue exactly where it stopped."""
+def complete_checkpoints(output_dir: str | Path) -> list[Path]:
+    return [p for p in checkpoint_folders(output_dir) if is_complete(p)]
 
-    def __init__(self, output_dir: str, save_total_limit: int | None, greater_is_better: bool = False):
-        self.root = Path(output_dir)
-        self.limit = save_total_limit
-        self.greater_is_better = greater_is_better
-        self.log_path = self.root / "checkpoints.jsonl"
 
-    def save(self, step: int, model, optimizers: dict, trainer_state: dict, metrics: dict,
-             best_metric: float | None) -> Path:
-        final = self.root / f"{PREFIX}{step}"
-        tmp = self.root / f".tmp-{PREFIX}{step}"
+def write_checkpoint(root: Path, step: int, model, optimizers: dict | None, state: dict, rank: int = 0) -> Path:
+    """Write checkpoint-<step> atomically. optimizers=None writes weights and state only."""
+    final, tmp = root / f"{PREFIX}{step}", root / f"{TMP_PREFIX}{step}"
+    try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         save_model(model, str(tmp / "model.safetensors"))
-        torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / "rng_state.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-        (tmp / MARKER).write_text(str(step))
-        _fsync_tree(tmp)
-        if final.exists():  # a re-save of the same step (e.g. after resume) replaces it whole
-            shutil.rmtree(final)
+        if optimizers is not None:
+            torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+        files = {p.name: p.stat().st_size for p in tmp.iterdir()}
+        for name in files:
+            _fsync(tmp / name)
+        (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}))
+        _fsync(tmp / MARKER)
+        _fsync(tmp)
+        old = root / f".old-{PREFIX}{step}"
+        if final.exists():  # a re-save of the same step: the old copy goes only after the new one is in place
+            os.replace(final, old)
         os.replace(tmp, final)
-        _fsync_tree(self.root)
-        is_best = best_metric is not None and metrics.get("_is_best", False)
-        size = sum(f.stat().st_size for f in final.iterdir())
-        record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "path": str(final), "bytes": size,
-                  "metrics": {k: v for k, v in metrics.items() if not k.startswith("_")}, "is_best": is_best}
-        with self.log_path.open("a") as log:
-            log.write(json.dumps(record) + "\n")
-        return final
+        _fsync(root)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"could not write checkpoint {final}: {err.strerror or err}; "
+                              "the earlier checkpoints are intact") from None
+    return final
 
-    def prune(self, best_step: int | None) -> list[Path]:
-        """Delete the oldest complete checkpoints beyond the limit; the best one never counts or goes."""
-        if not self.limit:
-            return []
-        candidates = [p for p in complete_checkpoints(self.root) if int(p.name[len(PREFIX):]) != best_step]
-        doomed = candidates[:-self.limit] if len(candidates) > self.limit else []
-        for path in doomed:
-            shutil.rmtree(path)
-        return doomed
 
-    @staticmethod
-    def load(path: Path, model, optimizers: dict) -> dict:
-        """Restore weights, optimizer and RNG state in place; returns the trainer state."""
-        load_model(model, str(path / "model.safetensors"))
-        states = torch.load(path / "optimizer.pt", weights_only=True)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(states[name])
-        set_rng_state(torch.load(path / "rng_state.pt", weights_only=True))
-        return json.loads((path / "trainer_state.json").read_text())
+def read_checkpoint(path: Path, rank: int = 0) -> dict:
+    """Everything in a checkpoint, loaded into memory (raises CheckpointError if unreadable)."""
+    try:
+        bundle = {"weights": load_file(str(path / "model.safetensors")),
+                  "state": json.loads((path / "trainer_state.json").read_text())}
+        optimizer_file = path / "optimizer.pt"
+        bundle["optimizers"] = torch.load(optimizer_file, weights_only=True) if optimizer_file.exists() else None
+        rng_file = path / f"rng_state_{rank}.pt"
+        bundle["rng"] = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
+    except Exception as err:  # safetensors, pickle and json each raise their own types
+        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from None
+    return bundle

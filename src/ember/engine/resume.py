@@ -6,34 +6,56 @@ import logging
 from pathlib import Path
 
 from ..config.errors import ConfigError
-from .checkpoint import MARKER, complete_checkpoints
+from .checkpoint import MARKER, CheckpointError, checkpoint_folders, is_complete, read_checkpoint
 
 log = logging.getLogger("ember")
 
 
-def find_resume_checkpoint(cfg) -> Path | None:
+def wants_resume(cfg) -> bool:
     value = cfg.resume_from_checkpoint
-    if value is None or str(value).lower() in ("false", "no", "none", ""):
+    return value is not None and str(value).lower() not in ("false", "no", "none", "")
+
+
+def load_resume_bundle(cfg, rank: int = 0) -> tuple[Path, dict] | None:
+    """The newest readable checkpoint (or the named one) and its contents; None to start fresh.
+
+    Incomplete or corrupt folders are skipped with a warning naming them, never resumed from.
+    """
+    if not wants_resume(cfg):
         return None
-    if str(value).lower() in ("true", "auto", "yes", "1"):
-        found = complete_checkpoints(cfg.output_dir)
-        if not found:
-            log.warning("resume_from_checkpoint is set but %s has no complete checkpoint; starting fresh",
-                        cfg.output_dir)
-            return None
-        return found[-1]
+    value = str(cfg.resume_from_checkpoint)
+    if value.lower() in ("true", "auto", "yes", "1"):
+        for path in reversed(checkpoint_folders(cfg.output_dir)):
+            if not is_complete(path):
+                log.warning("skipping %s: incomplete (no %s marker or truncated files)", path, MARKER)
+                continue
+            try:
+                return path, read_checkpoint(path, rank)
+            except CheckpointError as err:
+                log.warning("skipping %s", err)
+        log.warning("resume_from_checkpoint is set but %s has no complete checkpoint; starting fresh", cfg.output_dir)
+        return None
     path = Path(value)
     if not path.is_dir():
         raise ConfigError(f"resume_from_checkpoint: no checkpoint folder at {path}")
-    if not (path / MARKER).is_file():
-        raise ConfigError(f"resume_from_checkpoint: {path} is incomplete (no {MARKER} marker); "
-                          "it was interrupted while being written")
-    return path
+    if not is_complete(path):
+        raise ConfigError(f"resume_from_checkpoint: {path} is incomplete (no {MARKER} marker or truncated files); "
+                          "use resume_from_checkpoint: true to take the newest complete one")
+    try:
+        return path, read_checkpoint(path, rank)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
     """Drop records the interrupted run wrote after the checkpoint, so the log reads as one run."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short when the process was killed mid-write
     path.write_text("".join(line + "\n" for line in kept))

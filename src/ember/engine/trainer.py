@@ -6,38 +6,30 @@ schedules, accumulation, evaluation, checkpoints and logs.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..data.sampling import BatchStream
-from .checkpoint import Checkpointer
+from .checkpoint import set_rng_state
+from .checkpoints import CheckpointManager
 from .distributed import World
 from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
-from .resume import find_resume_checkpoint, truncate_metrics
+from .preemption import Preempted, StopSignals
+from .resume import load_resume_bundle, truncate_metrics
 from .runtime import Precision, pick_device, seed_everything
 from .schedules import LRSchedule
+from .step import run_optimizer_step, to_device
 from .task import loss_metrics
 from .tracking import MetricsLog, Progress
+from .weights import load_weights, read_weights
 
 log = logging.getLogger("ember")
-
-
-def to_device(batch, device: torch.device):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
 
 
 class Trainer:
@@ -46,18 +38,24 @@ class Trainer:
         self.world = World()
         self.device = pick_device(cfg.device)
         self.precision = Precision(cfg, self.device)
-        self.state = {"step": 0, "tokens_seen": 0, "best_metric": None, "best_step": None}
+        self.state = {"step": 0, "tokens_seen": 0}
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.cfg
-        resume_from = find_resume_checkpoint(cfg)
-        self.root = prepare_output_dir(cfg, resuming=resume_from is not None)
+        resume = load_resume_bundle(cfg, self.world.rank)
+        self.root = prepare_output_dir(cfg, resuming=resume is not None)
         if self.world.is_main:
             write_config(cfg, self.root)
         seed_everything(cfg.seed)
         train_set, val_set, collate = self.task.build_data()
-        self.model = self.task.build_model().to(self.device)
+        seed_everything(cfg.seed)  # weights do not depend on how much randomness data loading used
+        self.model = self.task.build_model()
+        if cfg.load_from_checkpoint:
+            load_weights(self.model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
+                         cfg.ignore_mismatched_sizes)
+            log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
+        self.model.to(self.device)
         if self.precision.param_dtype is not None:
             self.model.to(self.precision.param_dtype)
         groups = (self.task.param_groups(self.model) if hasattr(self.task, "param_groups")
@@ -79,47 +77,80 @@ class Trainer:
         self.eval_strategy = cfg.eval_strategy or ("steps" if self.val_loader is not None else "no")
         self.eval_every = cfg.eval_steps or cfg.logging_steps
         self.schedule = LRSchedule(self.optimizers, cfg, self.total_steps)
-        self.checkpointer = Checkpointer(cfg.output_dir, cfg.save_total_limit)
-        if resume_from is not None:
-            self._resume(resume_from)
+        self.checkpoints = CheckpointManager(cfg, self.root, self.world.rank)
+        if resume is not None:
+            self._resume(*resume)
         self.metrics = MetricsLog(cfg.output_dir, cfg.report_to, enabled=self.world.is_main)
         self.progress = Progress(self.total_steps, self.state["step"], cfg.disable_tqdm, enabled=self.world.is_main)
 
-    def _resume(self, path: Path) -> None:
-        saved = self.checkpointer.load(path, self.model, self.optimizers)
+    def _resume(self, path, bundle: dict) -> None:
+        load_weights(self.model, bundle["weights"], str(path))
+        saved = bundle["state"]
+        if bundle["optimizers"] is not None:
+            for name, opt in self.optimizers.items():
+                opt.load_state_dict(bundle["optimizers"][name])
+        else:
+            log.warning("%s was saved with save_only_model: weights are restored but the optimizer starts fresh, "
+                        "so this run will not match an uninterrupted one exactly", path.name)
         self.state.update(saved["trainer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.precision.load_state_dict(saved["precision"])
         self.stream.load_state(saved["data"])
+        self.checkpoints.load_state_dict(saved["best"])
+        if bundle["rng"] is not None:
+            set_rng_state(bundle["rng"])
         truncate_metrics(self.root / "metrics.jsonl", self.state["step"])
         log.info("resumed from %s at step %d", path, self.state["step"])
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> dict:
         self.setup()
+        with StopSignals() as signals:
+            last_eval = self._loop(signals)
+        return self.finish(last_eval)
+
+    def _loop(self, signals: StopSignals) -> dict:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
         self.model.train()
         interval = self._new_interval()
         last_eval: dict = {}
         if cfg.eval_on_start and self.state["step"] == 0 and self.val_loader is not None:
-            self.evaluate()
+            self.metrics.write(self.evaluate())
         while self.state["step"] < self.total_steps:
             window = [next(self.stream) for _ in range(accum)]
-            sums, counts, grad_norms = self.train_step(window)
+            lr = self.schedule.current_lr()  # the LR this step uses, logged as such
+            sums, counts, grad_norms = run_optimizer_step(self, window)
             self.state["step"] += 1
             self.schedule.step()
             self.progress.advance()
             step = self.state["step"]
             interval["sum"] += sums[self.main_name]
             interval["count"] += counts[self.main_name]
+            record: dict = {}
             if step % cfg.logging_steps == 0 or step == self.total_steps:
-                self.log_train(interval, grad_norms)
+                record = self.train_metrics(interval, grad_norms, lr)
                 interval = self._new_interval()
             if self._should_evaluate(step):
                 last_eval = self.evaluate()
-            if cfg.save_steps and step % cfg.save_steps == 0:
+                record.update(last_eval)
+            if record:
+                self.metrics.write({"step": step, **record})
+            saved = bool(cfg.save_steps) and step % cfg.save_steps == 0
+            if saved:
                 self.save(last_eval if last_eval.get("step") == step else {})
-        return self.finish(last_eval)
+            if signals.received:
+                self._stop(signals, already_saved=saved)
+        return last_eval
+
+    def _stop(self, signals: StopSignals, already_saved: bool) -> None:
+        if not already_saved:
+            self.save({})
+        self.progress.close()
+        self.metrics.close()
+        raise Preempted(signals.received,
+                        f"stopped by {signals.name} after step {self.state['step']}; checkpoint "
+                        f"{self.root}/checkpoint-{self.state['step']} is complete. Resume with: "
+                        f"ember train {self.root}/config.yaml resume_from_checkpoint=true")
 
     @property
     def main_name(self) -> str:
@@ -127,67 +158,30 @@ class Trainer:
 
     def _new_interval(self) -> dict:
         return {"sum": torch.zeros((), device=self.device), "count": torch.zeros((), device=self.device),
-                "t0": time.perf_counter(), "steps": 0}
+                "t0": time.perf_counter()}
 
-    def train_step(self, window: list) -> tuple[dict, dict, dict]:
-        """One optimizer step over a window of micro-batches, normalised by their total item count.
-
-        Each micro-batch's summed loss is divided by a provisional reference (the first
-        micro-batch's count × window length) so gradients keep a sane magnitude; once every
-        count is known, gradients are rescaled by reference / total, which makes the step
-        exactly that of one batch holding every item of the window (over all ranks).
-        """
-        for opt in self.optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        several = len(self.optimizers) > 1
-        sums, counts, refs = {}, {}, {}
-        for batch in window:
-            batch = to_device(batch, self.device)
-            with self.precision.autocast():
-                losses = self.task.training_step(self.model, batch, self.state["step"])
-            for i, (name, loss) in enumerate(losses.items()):
-                count = torch.as_tensor(loss.count, device=loss.total.device, dtype=torch.float32)
-                if name not in refs:
-                    refs[name] = count.clamp(min=1) * len(window)
-                self.precision.backward(loss.total.float() / refs[name],
-                                        inputs=self.params[name] if several else None,
-                                        retain_graph=several and i < len(losses) - 1)
-                sums[name] = sums.get(name, 0) + loss.total.detach().float()
-                counts[name] = counts.get(name, 0) + count
-        grad_norms = {}
-        for name, opt in self.optimizers.items():
-            self.precision.unscale(opt)
-            factor = refs[name] * self.world.size / self.world.sum(counts[name]).clamp(min=1)
-            grads = [p.grad for p in self.params[name] if p.grad is not None]
-            if grads:
-                torch._foreach_mul_(grads, factor.to(grads[0].dtype))
-            max_norm = self.cfg.max_grad_norm or math.inf
-            grad_norms[name] = torch.nn.utils.clip_grad_norm_(self.params[name], max_norm, foreach=True)
-            self.precision.step(opt)
-        self.precision.update()
-        return sums, counts, grad_norms
-
-    def log_train(self, interval: dict, grad_norms: dict) -> None:
+    def train_metrics(self, interval: dict, grad_norms: dict, lr: float) -> dict:
         elapsed = time.perf_counter() - interval["t0"]
         count = interval["count"].item()
         self.state["tokens_seen"] += int(count)
         record = {"step": self.state["step"], "epoch": round(self.stream.epoch, 4),
-                  "loss": interval["sum"].item() / max(count, 1), "lr": self.schedule.current_lr(),
+                  "loss": interval["sum"].item() / max(count, 1), "lr": lr,
                   "grad_norm": grad_norms[self.main_name].item(), "tokens_per_sec": count / max(elapsed, 1e-9),
                   "tokens_seen": self.state["tokens_seen"]}
         if self.precision.scaler is not None:
             record.update(loss_scale=self.precision.scaler.get_scale(), skipped_steps=self.precision.skipped_steps)
-        self.metrics.write(record)
         self.progress.show(record)
+        return record
 
     def _should_evaluate(self, step: int) -> bool:
         if self.val_loader is None or self.eval_strategy == "no":
             return False
+        if step == self.total_steps:
+            return True
         if self.eval_strategy == "steps":
-            return step % self.eval_every == 0 or step == self.total_steps
-        accum = self.cfg.gradient_accumulation_steps  # "epoch": when this step crossed an epoch boundary
-        return (step * accum) // self.micro_per_epoch > ((step - 1) * accum) // self.micro_per_epoch \
-            or step == self.total_steps
+            return step % self.eval_every == 0
+        accum = self.cfg.gradient_accumulation_steps  # "epoch": this step crossed an epoch boundary
+        return (step * accum) // self.micro_per_epoch > ((step - 1) * accum) // self.micro_per_epoch
 
     def evaluate(self) -> dict:
         self.model.eval()
@@ -203,33 +197,27 @@ class Trainer:
             evaluate = getattr(self.task, "evaluate", None)
             metrics = evaluate(self.model, batches()) if evaluate else loss_metrics(self.task, self.model, batches())
         self.model.train()
-        record = {"step": self.state["step"], **metrics}
         if "eval_loss" in metrics:
             self.schedule.observe(metrics["eval_loss"])
-        self.metrics.write(record)
         self.progress.say("eval | " + " | ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        return record
+        return {"step": self.state["step"], **metrics}
 
     def save(self, eval_record: dict) -> None:
-        metric = eval_record.get("eval_loss")
-        best = self.state["best_metric"]
-        is_best = metric is not None and (best is None or metric < best)
-        if is_best:
-            self.state.update(best_metric=metric, best_step=self.state["step"])
         if not self.world.is_main:
             return
-        saved = {"trainer": self.state, "schedule": self.schedule.state_dict(),
-                 "precision": self.precision.state_dict(), "data": self.stream.state()}
-        self.checkpointer.save(self.state["step"], self.model, self.optimizers, saved,
-                               {**eval_record, "_is_best": is_best}, self.state["best_metric"])
-        self.checkpointer.prune(self.state["best_step"])
+        run_state = {"trainer": self.state, "schedule": self.schedule.state_dict(),
+                     "precision": self.precision.state_dict(), "data": self.stream.state()}
+        self.checkpoints.save(self.state["step"], self.model, self.optimizers, run_state, eval_record)
 
     def finish(self, last_eval: dict) -> dict:
         self.progress.close()
+        result = {"step": self.state["step"], **{k: v for k, v in last_eval.items() if k != "step"}}
         if self.world.is_main:
+            if self.cfg.load_best_model_at_end:
+                result["best_step"] = self.checkpoints.restore_best(self.model)
             self.task.export(self.model, str(self.root))
             if self.cfg.plot_loss:
                 plot_losses(str(self.root))
             self.metrics.close()
             log.info("saved the trained model to %s", self.root)
-        return {"step": self.state["step"], **{k: v for k, v in last_eval.items() if k != "step"}}
+        return result
