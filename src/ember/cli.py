@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from .config.errors import ConfigError
 from .engine.checkpoint import CheckpointError
@@ -16,6 +17,7 @@ commands:
   train      train a model: ember train [CONFIG.yaml] [key=value ...] [--key value ...]
   tokenizer  train a BPE tokenizer on a dataset (for training from scratch)
   generate   sample text from a trained model folder
+  export     merge a LoRA/QLoRA adapter into its base model
 Run `ember COMMAND --help` for the keys of a command."""
 
 
@@ -70,7 +72,23 @@ def _generate(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate}
+def _export(args: list[str]) -> int:
+    from .config.parse import parse_overrides, read_yaml
+    from .export import export_merged, parse_export_config
+    if "--help" in args or "-h" in args:
+        print("usage: ember export [CONFIG.yaml] --model_name_or_path BASE --adapter_name_or_path ADAPTER "
+              "--export_dir OUT [--export_size GB]\nmerges a LoRA/QLoRA adapter into its base and writes an HF model")
+        return 0
+    raw = {}
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        raw, args = read_yaml(args[0]), args[1:]
+    raw.update(parse_overrides(args))
+    out = export_merged(parse_export_config(raw))
+    print(f"wrote the merged model to {out}")
+    return 0
+
+
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
     logging.basicConfig(level=logging.INFO, format="ember: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "datasets", "httpx", "matplotlib"):
+    for noisy in ("transformers", "datasets", "httpx", "matplotlib", "bitsandbytes", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # dependencies' deprecation notices
     import datasets
     import transformers
     transformers.utils.logging.disable_progress_bar()

@@ -45,6 +45,7 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
     "betas": _betas,
     "precision": _precision,
     "clip_grad": _clip_grad,
+    "neat_packing": lambda value: {"packing": value},  # ember's packing is always neat (isolated)
 }
 
 

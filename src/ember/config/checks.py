@@ -42,5 +42,19 @@ def check_consistency(cfg: TrainConfig, explicit: set[str]) -> None:
     if cfg.resume_from_checkpoint not in (None, "false", "False") and cfg.load_from_checkpoint:
         raise ConfigError("resume_from_checkpoint and load_from_checkpoint are both set; resume continues a run, "
                           "load_from_checkpoint starts a new one from weights")
+    if cfg.finetuning_type == "qlora":
+        if cfg.quantization_bit is None:
+            raise ConfigError("finetuning_type qlora needs quantization_bit: 4 or 8")
+        if not cfg.model_name_or_path:
+            raise ConfigError("finetuning_type qlora quantizes pretrained weights; set model_name_or_path")
+        if cfg.pure_bf16:
+            raise ConfigError("pure_bf16 would cast the quantized base; use bf16 (autocast) with qlora")
+    elif cfg.quantization_bit is not None:
+        raise ConfigError(f"quantization_bit is set but finetuning_type is {cfg.finetuning_type}; "
+                          "use finetuning_type: qlora to train adapters on a quantized base")
+    if cfg.packing and cfg.stage != "sft":
+        raise ConfigError("packing applies to stage sft; stage pt always fills cutoff_len blocks")
+    if cfg.adapter_name_or_path and cfg.finetuning_type not in ("lora", "qlora"):
+        raise ConfigError("adapter_name_or_path needs finetuning_type lora or qlora")
     if cfg.optim == "adamw_8bit" and cfg.pure_bf16:
         raise ConfigError("optim adamw_8bit keeps its own state precision; drop pure_bf16 or use optim adamw")

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from .aliases import ALIASES, expand_aliases
 from .checks import check_consistency
 from .errors import ConfigError
+from .foreign import take_foreign_keys
 from .parse import parse_overrides, read_yaml
 from .schema import TrainConfig, field_names
 
@@ -27,6 +28,7 @@ def build_config(*sources: dict[str, Any]) -> TrainConfig:
     """Merge raw sources (later wins), validate types and ranges, then cross-key rules."""
     merged: dict[str, Any] = {}
     for raw in sources:
+        raw = take_foreign_keys(raw)
         _reject_unknown(raw)
         merged.update(expand_aliases(raw))
     try:

@@ -24,12 +24,13 @@ class Group(BaseModel):
 class TaskGroup(Group):
     """Task and model"""
     task: Literal["causal_lm", "vlm", "video_vae"] = Field("causal_lm", description="which model family to train")
-    stage: Literal["pt"] = Field("pt", description="training stage: pt = pretraining on raw text")
-    finetuning_type: Literal["full"] = Field("full", description="which weights train: full = all of them")
+    stage: Literal["pt", "sft"] = Field("pt", description="pt = pretraining on raw text; sft = supervised fine-tuning on conversations")
+    finetuning_type: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="which weights train: all, some layers, LoRA adapters, or LoRA on a quantized base")
     do_train: bool = Field(True, description="accepted for LLaMA-Factory YAMLs; ember train always trains")
     model_name_or_path: str | None = Field(None, description="local HF model folder to start from")
     model_config_: str | None = Field(None, alias="model_config", description="preset name or path to an HF config.json: train from random init")
     tokenizer_name_or_path: str | None = Field(None, description="tokenizer folder (default: model_name_or_path)")
+    trust_remote_code: bool = Field(False, description="allow model code shipped inside a local model folder")
 
 
 class DataGroup(Group):
@@ -43,6 +44,10 @@ class DataGroup(Group):
     preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for tokenisation (datasets num_proc)")
     overwrite_cache: bool = Field(False, description="rebuild the tokenisation cache")
     dataloader_num_workers: int = Field(0, ge=0, description="worker processes feeding batches")
+    template: str | None = Field(None, description="sft chat format when the tokenizer has no chat_template: default, chatml, empty")
+    packing: bool = Field(False, description="sft: pack several samples per sequence, isolated by position_ids")
+    train_on_prompt: bool = Field(False, description="sft: also compute loss on prompt tokens")
+    mask_history: bool = Field(False, description="sft: train only on the last assistant turn of each conversation")
 
 
 class BatchGroup(Group):
@@ -121,8 +126,27 @@ class CheckpointGroup(Group):
     load_best_model_at_end: bool = Field(False, description="export the best checkpoint's weights, not the last step's")
 
 
+class FinetuneGroup(Group):
+    """Fine-tuning methods (freeze, LoRA, QLoRA)"""
+    freeze_trainable_layers: int = Field(2, description="freeze: train the last N decoder layers (N > 0) or the first -N (N < 0)")
+    freeze_trainable_modules: str = Field("all", description="freeze: modules trained inside those layers, e.g. mlp,self_attn (all = every one)")
+    freeze_extra_modules: str | None = Field(None, description="freeze: modules outside the layers to train too, e.g. embed_tokens,norm")
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scaling alpha (default: 2 × lora_rank)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target: str = Field("all", description="module names that get adapters, comma-separated; all = every linear layer but the output head")
+    additional_target: str | None = Field(None, description="modules trained fully and saved with the adapter, e.g. embed_tokens,lm_head")
+    use_dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+    use_rslora: bool = Field(False, description="rank-stabilised LoRA scaling (alpha / sqrt(r))")
+    quantization_bit: Literal[4, 8] | None = Field(None, description="qlora: bits of the frozen base (bitsandbytes)")
+    quantization_type: Literal["nf4", "fp4"] = Field("nf4", description="qlora 4-bit data type")
+    double_quantization: bool = Field(True, description="qlora: also quantize the quantization constants")
+    adapter_name_or_path: str | None = Field(None, description="an existing PEFT adapter to continue training")
+
+
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
+    FinetuneGroup,
 )
 
 

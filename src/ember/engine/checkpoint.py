@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"
@@ -79,13 +79,26 @@ def complete_checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for p in checkpoint_folders(output_dir) if is_complete(p)]
 
 
+def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint must hold to restore the model: every weight when all of them train;
+    otherwise only the trainable ones (adapters, unfrozen layers) and the persistent buffers,
+    since the frozen rest is rebuilt identically from the base model."""
+    params = dict(model.named_parameters())  # tied weights appear once
+    if all(p.requires_grad for p in params.values()):
+        keep = set(params) | {n for n, _ in model.named_buffers()}
+    else:
+        keep = {n for n, p in params.items() if p.requires_grad} | {n for n, _ in model.named_buffers()}
+    state = model.state_dict()
+    return {name: state[name].detach().contiguous() for name in state if name in keep}
+
+
 def write_checkpoint(root: Path, step: int, model, optimizers: dict | None, state: dict, rank: int = 0) -> Path:
     """Write checkpoint-<step> atomically. optimizers=None writes weights and state only."""
     final, tmp = root / f"{PREFIX}{step}", root / f"{TMP_PREFIX}{step}"
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(model, str(tmp / "model.safetensors"))
+        save_file(checkpoint_tensors(model), str(tmp / "model.safetensors"))
         if optimizers is not None:
             torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")

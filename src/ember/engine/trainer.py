@@ -55,7 +55,8 @@ class Trainer:
             load_weights(self.model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
                          cfg.ignore_mismatched_sizes)
             log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
-        self.model.to(self.device)
+        if next(self.model.parameters()).device != self.device:  # k-bit models are placed when loaded
+            self.model.to(self.device)
         if self.precision.param_dtype is not None:
             self.model.to(self.precision.param_dtype)
         groups = (self.task.param_groups(self.model) if hasattr(self.task, "param_groups")

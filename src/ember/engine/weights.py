@@ -62,26 +62,16 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
                       f"(use a folder, .safetensors or {', '.join(TORCH_SUFFIXES)})")
 
 
-def _shared_names(model: torch.nn.Module) -> set[str]:
-    """State-dict names whose tensor is tied to another name's (saved only once on disk)."""
-    seen, tied = {}, set()
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = tensor.data_ptr()
-        if key in seen:
-            tied.update({name, seen[key]})
-        seen.setdefault(key, name)
-    return tied
-
-
 def load_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str,
                  ignore_mismatched_sizes: bool = False) -> None:
-    """Copy tensors into model, refusing (or, when allowed, skipping) names and shapes that differ."""
+    """Copy tensors into model, refusing (or, when allowed, skipping) names and shapes that differ.
+
+    Every trainable weight must be in the file; frozen weights may be absent (a LoRA or
+    freeze checkpoint holds only what trains; the rest comes from the base model).
+    """
     tensors = {k[len("module."):] if k.startswith("module.") else k: v for k, v in tensors.items()}
     own = model.state_dict()
-    tied = _shared_names(model)
-    missing = [k for k in own if k not in tensors and k not in tied]
-    if tied and not any(k in tensors for k in tied):
-        missing += sorted(tied)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in tensors]
     unexpected = [k for k in tensors if k not in own]
     wrong = [f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in tensors
              if k in own and tensors[k].shape != own[k].shape]

@@ -50,10 +50,13 @@ def load_tokenizer(path: str, key: str):
     return tokenizer
 
 
-def load_causal_lm(path: str) -> torch.nn.Module:
+def load_causal_lm(path: str, trust_remote_code: bool = False, quantization=None) -> torch.nn.Module:
+    """A local HF causal LM in fp32 (the precision policy casts later), or k-bit quantized."""
     require_local_folder(path, "model_name_or_path")
+    extra = {"quantization_config": quantization, "device_map": {"": "cpu"}} if quantization else {}
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
+                                                    **extra)
     except (OSError, ValueError) as err:
         raise ConfigError(f"model_name_or_path: cannot load a causal LM from {path}: {str(err).splitlines()[0]}") from None
 

@@ -1,0 +1,59 @@
+"""`ember export`: merge a PEFT adapter into its base and write an HF model folder."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config.errors import ConfigError
+
+log = logging.getLogger("ember")
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_name_or_path: str = Field(description="the base model folder")
+    adapter_name_or_path: str | None = Field(None, description="the PEFT adapter folder (an ember LoRA run's output_dir)")
+    export_dir: str = Field(description="where the merged HF model goes")
+    export_size: float = Field(5.0, gt=0, description="largest shard in GB")
+    quantization_bit: int | None = Field(None, description="must be unset: adapters cannot be merged into a quantized base")
+    trust_remote_code: bool = False
+    template: str | None = None  # accepted from LLaMA-Factory export YAMLs; the adapter's tokenizer already has it
+
+
+def parse_export_config(raw: dict) -> ExportConfig:
+    try:
+        return ExportConfig.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"export: {key}: {first['msg'].lower()}") from None
+
+
+def export_merged(cfg: ExportConfig) -> Path:
+    from .models.hf import load_causal_lm, load_tokenizer
+
+    if cfg.quantization_bit is not None:
+        raise ConfigError("cannot merge an adapter into a quantized base; export from the full-precision base "
+                          "model (drop quantization_bit)")
+    base = load_causal_lm(cfg.model_name_or_path, cfg.trust_remote_code)
+    if getattr(base.config, "quantization_config", None):
+        raise ConfigError(f"{cfg.model_name_or_path} is a quantized model; merge into its full-precision original")
+    tokenizer_source = cfg.model_name_or_path
+    if cfg.adapter_name_or_path:
+        from peft import PeftModel
+        adapter = Path(cfg.adapter_name_or_path)
+        if not (adapter / "adapter_config.json").is_file():
+            raise ConfigError(f"adapter_name_or_path: {adapter} has no adapter_config.json")
+        if json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") is None:
+            log.warning("the adapter does not record its base model; assuming %s", cfg.model_name_or_path)
+        base = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        if (adapter / "tokenizer_config.json").is_file():
+            tokenizer_source = str(adapter)  # it carries the chat template used in training
+    out = Path(cfg.export_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    base.save_pretrained(out, max_shard_size=f"{int(cfg.export_size * 1024)}MB")
+    load_tokenizer(tokenizer_source, "model_name_or_path").save_pretrained(out)
+    return out
