@@ -8,8 +8,6 @@ import sys
 import warnings
 
 from .config.errors import ConfigError
-from .engine.checkpoint import CheckpointError
-from .engine.preemption import Preempted
 
 USAGE = """usage: ember COMMAND ...
 
@@ -28,9 +26,15 @@ def _train(args: list[str]) -> int:
         print(render_help())
         return 0
     cfg = load_config(args)  # every config error surfaces here, before any model is built
+    from .launch import needs_launch, run_torchrun
+    if needs_launch(cfg):
+        return run_torchrun(cfg, args)
     from .engine.trainer import Trainer
     from .tasks import build_task
-    result = Trainer(cfg, build_task(cfg)).fit()
+    trainer = Trainer(cfg, build_task(cfg))
+    result = trainer.fit()
+    if not trainer.world.is_main:
+        return 0
     print("done: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
     return 0
 
@@ -106,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     transformers.utils.logging.disable_progress_bar()
     if not sys.stderr.isatty():
         datasets.disable_progress_bars()
+    from .engine.checkpoint import CheckpointError  # torch is imported only once a command needs it
+    from .engine.preemption import Preempted
     try:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigError as err:

@@ -24,6 +24,8 @@ class ExportConfig(BaseModel):
 
 
 def parse_export_config(raw: dict) -> ExportConfig:
+    from .config.foreign import take_foreign_keys
+    raw = take_foreign_keys(raw)
     try:
         return ExportConfig.model_validate(raw)
     except ValidationError as err:

@@ -69,11 +69,11 @@ def test_each_precision_trains(lm_config, precision):
         assert "skipped_steps" not in records[-1]
 
 
-def test_autocast_really_computes_in_half_precision(lm_config):
+def test_autocast_really_computes_in_half_precision(lm_config, tmp_path):
     """fp16 and bf16 runs are not fp32 runs under another name: their losses differ from fp32's."""
-    _, fp32 = fit(lm_config(max_steps=2, output_dir=lm_config().output_dir + "-fp32"))
+    _, fp32 = fit(lm_config(max_steps=2, output_dir=str(tmp_path / "fp32")))
     for flag in ("fp16", "bf16"):
-        _, half = fit(lm_config(max_steps=2, output_dir=lm_config().output_dir + "-" + flag, **{flag: True}))
+        _, half = fit(lm_config(max_steps=2, output_dir=str(tmp_path / flag), **{flag: True}))
         assert half[0]["loss"] != fp32[0]["loss"], flag
         assert half[0]["loss"] == pytest.approx(fp32[0]["loss"], rel=1e-2), flag
 
@@ -94,10 +94,11 @@ def test_fp16_overflowing_steps_are_skipped_and_counted(lm_config, tiny_model_di
 
 def test_fp16_recovers_after_overflow(lm_config, tiny_model_dir):
     """A too-large initial scale costs a few skipped steps, then training proceeds."""
-    trainer, records = fit(lm_config(fp16=True, init_loss_scale=2.0 ** 40, max_steps=40, learning_rate=3e-3))
+    scale, steps = 2.0 ** 22, 14
+    trainer, records = fit(lm_config(fp16=True, init_loss_scale=scale, max_steps=steps, learning_rate=3e-3))
     skipped = records[-1]["skipped_steps"]
-    assert 0 < skipped < 40
-    assert records[-1]["loss_scale"] == pytest.approx(2.0 ** 40 / 2 ** skipped)
-    assert records[-1]["loss"] < records[0]["loss"] - 0.1
+    assert 0 < skipped < steps // 2
+    assert records[-1]["loss_scale"] == pytest.approx(scale / 2 ** skipped)
+    assert min(r["loss"] for r in records[-3:]) < records[0]["loss"] - 0.1
     start = initial_weights(tiny_model_dir)
     assert any(not torch.equal(v, start[k]) for k, v in trainer.model.state_dict().items())

@@ -140,27 +140,42 @@ def test_reduce_lr_on_plateau_matches_torch_plateau_semantics():
 
 
 def test_reduce_lr_on_plateau_is_driven_by_the_trainers_evaluations(make_config):
-    """Wiring: the loop feeds eval_loss to the schedule, and the logged LR shows the cut."""
-    from ember.tasks import build_task
-    from ember.engine.trainer import Trainer
+    """Wiring: the loop feeds eval_loss to the schedule, and the logged LR shows the cut.
 
-    scripted = iter([5.0, 4.0, 4.5, 4.6, 4.7, 4.8, 4.9, 5.0])
+    The engine computes eval losses from the task's training_step (called with step=-1);
+    the wrapper below replaces them with a scripted eval_loss per evaluation.
+    """
+    from ember.engine.task import Loss
+    from ember.engine.trainer import Trainer
+    from ember.tasks import build_task
+
+    # eval_loss of the evaluation after step k: improve, improve, then only worse
+    script = {1: 5.0, 2: 4.0, 3: 4.5, 4: 4.6, 5: 4.7, 6: 4.8}
 
     class ScriptedEval:
         def __init__(self, task):
-            self.task = task
+            self.task, self.trained = task, 0
 
         def __getattr__(self, name):
             return getattr(self.task, name)
 
-        def evaluate(self, model, batches):
-            return {"eval_loss": next(scripted)}
+        def training_step(self, model, batch, step):
+            losses = self.task.training_step(model, batch, step)
+            if step >= 0:
+                self.trained = step + 1
+                return losses
+            value = script[self.trained]
+            return {name: Loss(torch.as_tensor(loss.count, dtype=torch.float32) * value, loss.count)
+                    for name, loss in losses.items()}
 
     cfg = make_config(lr_scheduler_type="reduce_lr_on_plateau", val_size=0.1, eval_steps=1, max_steps=6,
                       plateau_patience=1, plateau_factor=0.1, cutoff_len=32, per_device_train_batch_size=2)
     Trainer(cfg, ScriptedEval(build_task(cfg))).fit()
-    train_lrs = {r["step"]: r["lr"] for r in read_metrics(cfg.output_dir) if "lr" in r}
-    # evals after steps 1..6 see 5.0, 4.0, 4.5, 4.6(cut), 4.7, 4.8(cut): step k trains with the LR set after eval k-1
+    records = read_metrics(cfg.output_dir)
+    assert {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r} == pytest.approx(script)
+    train_lrs = {r["step"]: r["lr"] for r in records if "lr" in r}
+    # 4.5 is tolerated (patience 1), 4.6 cuts; 4.7 tolerated, 4.8 cuts. Step k trains with
+    # the LR set after the evaluation of step k-1.
     expected = {1: LR, 2: LR, 3: LR, 4: LR, 5: LR * 0.1, 6: LR * 0.1}
     assert train_lrs == pytest.approx(expected, rel=1e-9)
 

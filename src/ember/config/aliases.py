@@ -23,16 +23,17 @@ def _betas(value: Any) -> dict:
 
 
 def _precision(value: Any) -> dict:
-    choices = {"fp32": {}, "32": {}, "bf16": {"bf16": True}, "fp16": {"fp16": True}, "16": {"fp16": True}}
+    chosen = {"fp32": None, "32": None, "bf16": "bf16", "fp16": "fp16", "16": "fp16"}
     key = str(value).lower()
-    if key not in choices:
+    if key not in chosen:
         raise ConfigError(f"precision must be one of fp32, bf16, fp16; got {value!r}")
-    return choices[key]
+    # set every precision flag, so a later source's precision replaces an earlier one whole
+    return {flag: flag == chosen[key] for flag in ("fp16", "bf16", "pure_bf16")}
 
 
 def _clip_grad(value: Any) -> dict:
     from .parse import as_bool
-    return {} if as_bool("clip_grad", value) else {"max_grad_norm": 0.0}
+    return {"max_grad_norm": 1.0 if as_bool("clip_grad", value) else 0.0}
 
 
 ALIASES: dict[str, Callable[[Any], dict]] = {
@@ -50,8 +51,11 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
 
 
 def expand_aliases(raw: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite alias keys of one source into canonical keys (in the order they were given)."""
+    """Rewrite alias keys of one source into canonical keys. Canonical keys written in the same
+    source win over what an alias implies (`clip_grad: true` with `max_grad_norm: 0.5` keeps 0.5)."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        out.update(ALIASES[key](value) if key in ALIASES else {key: value})
+        if key in ALIASES:
+            out.update(ALIASES[key](value))
+    out.update({key: value for key, value in raw.items() if key not in ALIASES})
     return out

@@ -5,11 +5,8 @@ from .errors import ConfigError
 from .schema import TrainConfig
 
 
-def check_consistency(cfg: TrainConfig, explicit: set[str]) -> None:
-    """Refuse contradictory settings before any work is done.
-
-    `explicit` holds the keys the user wrote, so a default never counts as a contradiction.
-    """
+def check_consistency(cfg: TrainConfig) -> None:
+    """Refuse contradictory settings before any work is done."""
     precisions = [k for k in ("fp16", "bf16", "pure_bf16") if getattr(cfg, k)]
     if len(precisions) > 1:
         raise ConfigError(f"{' and '.join(precisions)} are both set; choose one precision")
@@ -25,7 +22,7 @@ def check_consistency(cfg: TrainConfig, explicit: set[str]) -> None:
         raise ConfigError(f"val_size is a fraction below 1 or a whole count of documents; got {cfg.val_size}")
     if cfg.model_name_or_path is None and cfg.model_config_ is None:
         raise ConfigError("no model: set model_name_or_path (a local HF folder) or model_config (a preset or config.json)")
-    if cfg.model_name_or_path and "model_config" in explicit:
+    if cfg.model_name_or_path and cfg.model_config_ is not None:
         raise ConfigError("model_name_or_path and model_config are both set; "
                           "model_config is for training from random weights")
     if cfg.dataset is None:

@@ -15,7 +15,6 @@ log = logging.getLogger("ember")
 # accepted: the reason it changes nothing here
 NO_EFFECT = {
     "flash_attn": "ember uses PyTorch's scaled-dot-product attention, which picks flash kernels itself on GPUs",
-    "ddp_timeout": "the distributed timeout takes ember's default",
     "enable_liger_kernel": "fused kernels are not used; results are the same",
     "use_unsloth": "unsloth is not used; results are the same",
     "quantization_method": "ember quantizes with bitsandbytes",

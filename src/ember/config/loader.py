@@ -35,7 +35,7 @@ def build_config(*sources: dict[str, Any]) -> TrainConfig:
         config = TrainConfig.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
-    check_consistency(config, explicit=set(merged))
+    check_consistency(config)
     return config
 
 

@@ -1,12 +1,24 @@
 """argv and YAML → one raw dict per source (no validation here beyond syntax)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
+
+class _Loader(yaml.SafeLoader):
+    """YAML where only true/false are booleans: `eval_strategy: no` stays the string 'no'."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 _TRUE = {"true", "1", "yes", "y", "on"}
 _FALSE = {"false", "0", "no", "n", "off"}
@@ -26,7 +38,7 @@ def as_bool(key: str, value: Any) -> bool:
 def parse_scalar(text: str) -> Any:
     """'3e-4' → 0.0003, 'true' → True, '[1, 2]' → [1, 2]; anything else stays a string."""
     try:
-        value = yaml.safe_load(text)
+        value = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError:
         return text
     if isinstance(value, str):
@@ -42,7 +54,7 @@ def read_yaml(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
@@ -121,6 +121,11 @@ class CheckpointGroup(Group):
     resume_from_checkpoint: str | None = Field(None, description="continue a run: a checkpoint folder, or true/auto for the newest complete one in output_dir")
     load_from_checkpoint: str | None = Field(None, description="start from these weights only (checkpoint or HF folder, .safetensors, .ckpt/.pt/.bin)")
     ignore_mismatched_sizes: bool = Field(False, description="load_from_checkpoint: skip weights whose name or shape does not fit")
+    @field_validator("resume_from_checkpoint", mode="before")
+    @classmethod
+    def _bool_as_text(cls, value):
+        return str(value).lower() if isinstance(value, bool) else value
+
     metric_for_best_model: str = Field("eval_loss", description="evaluation metric that picks the best checkpoint")
     greater_is_better: bool | None = Field(None, description="higher metric is better (default: false for metrics named *loss)")
     load_best_model_at_end: bool = Field(False, description="export the best checkpoint's weights, not the last step's")
@@ -144,15 +149,29 @@ class FinetuneGroup(Group):
     adapter_name_or_path: str | None = Field(None, description="an existing PEFT adapter to continue training")
 
 
+class DistributedGroup(Group):
+    """Distributed training (torchrun)"""
+    distributed_strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp: replicate the model; fsdp: shard weights, grads and optimizer state (FSDP2)")
+    fsdp_cpu_offload: bool = Field(False, description="fsdp: keep sharded parameters and optimizer state in CPU memory")
+    ddp_timeout: int = Field(1800, gt=0, description="seconds a collective may wait before the run fails")
+    nproc_per_node: int = Field(1, gt=0, description="processes per machine; > 1 makes `ember train` start torchrun itself")
+    nnodes: int = Field(1, gt=0, description="machines in the run (with nproc_per_node)")
+    node_rank: int = Field(0, ge=0, description="this machine's index among nnodes")
+    master_addr: str = Field("127.0.0.1", description="address of node 0 for the rendezvous")
+    master_port: int = Field(29500, gt=0, lt=65536, description="port of node 0 for the rendezvous")
+    max_restarts: int = Field(0, ge=0, description="torchrun restarts after a failed process; each restart resumes from the newest checkpoint")
+
+
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup,
+    FinetuneGroup, DistributedGroup,
 )
 
 
 class TrainConfig(*GROUPS):  # type: ignore[misc]
     """Every key of a training run."""
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True,
+                              coerce_numbers_to_str=True)
 
     def to_dict(self) -> dict:
         """The resolved config as plain YAML-able values, under the keys users write."""

@@ -58,9 +58,9 @@ def build_blocks(texts: datasets.Dataset, tokenizer, cfg, label: str) -> BlockDa
     tokens, documents = tokenize_documents(texts, tokenizer, cfg.preprocessing_num_workers, cfg.overwrite_cache)
     blocks = BlockDataset(tokens, cfg.cutoff_len)
     tail = len(tokens) % cfg.cutoff_len
-    log.info("%s: %d documents, %d tokens → %d blocks of %d tokens%s; all %d tokens are trained on",
-             label, documents, len(tokens), len(blocks), cfg.cutoff_len,
-             f" (the last holds {tail})" if tail else "", len(tokens))
+    log.info("%s: %d documents, %d tokens → %d blocks of %d tokens%s; nothing is dropped: every token but "
+             "each block's first (%d) is a prediction target", label, documents, len(tokens), len(blocks),
+             cfg.cutoff_len, f" (the last holds {tail})" if tail else "", len(tokens) - len(blocks))
     return blocks
 
 

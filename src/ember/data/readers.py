@@ -48,8 +48,28 @@ def find_json_error(files: list[str]) -> str | None:
     return None
 
 
+def _holds_rows(name: str, builder: str) -> bool:
+    """Cheap emptiness check, so an empty file gets a sentence rather than a library error."""
+    path = Path(name)
+    if path.stat().st_size == 0:
+        return False
+    if builder in ("text", "json", "csv"):
+        lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+        if builder == "csv":
+            return len(lines) > 1
+        if builder == "json" and len(lines) == 1 and lines[0].strip().replace(" ", "") in ("[]", "{}"):
+            return False
+        return bool(lines)
+    return True
+
+
 def read_dataset(spec: DatasetSpec, max_samples: int | None = None) -> datasets.Dataset:
     builder, files = data_files(spec.path)
+    for name in files:
+        if not Path(name).is_file():
+            raise ConfigError(f"dataset '{spec.name}': file not found: {name}")
+    if not any(_holds_rows(name, builder) for name in files):
+        raise ConfigError(f"dataset '{spec.name}' ({spec.path}) is empty")
     try:
         ds = datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as err:  # datasets wraps parser errors in several types; find the real cause
@@ -65,7 +85,7 @@ def text_column(ds: datasets.Dataset, spec: DatasetSpec) -> datasets.Dataset:
     """The one column of raw text that pretraining reads, renamed to 'text'."""
     column = spec.columns.get("prompt") or ("text" if "text" in ds.column_names else None)
     if column is None or column not in ds.column_names:
-        wanted = f"column '{column}'" if column else "a 'text' column"
+        wanted = f"column '{column}'" if column else "'text' column"
         raise ConfigError(f"dataset '{spec.name}' has no {wanted} (it has: {', '.join(ds.column_names)}); "
                           "name the text column with columns: {\"prompt\": ...} in dataset_info.json")
     ds = ds.select_columns([column])

@@ -10,6 +10,8 @@ from typing import Any, Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..config.errors import ConfigError
+
 
 class EpochSampler(Sampler[int]):
     """A seeded permutation per epoch (or the natural order), starting at `skip` indices in."""
@@ -24,6 +26,10 @@ class EpochSampler(Sampler[int]):
             indices = torch.randperm(self.size, generator=gen).tolist()
         else:
             indices = list(range(self.size))
+        if self.world > 1:
+            # every rank gets the same number of samples (as DistributedSampler does), so all
+            # ranks run the same steps; the first samples fill the gap
+            indices += indices[:(-len(indices)) % self.world]
         return indices[self.rank::self.world]
 
     def __iter__(self) -> Iterator[int]:
@@ -42,7 +48,10 @@ class BatchStream:
         self.batch_size = batch_size
         self.loader = DataLoader(dataset, batch_size=batch_size, sampler=self.sampler, collate_fn=collate,
                                  num_workers=num_workers, pin_memory=pin_memory,
-                                 persistent_workers=False, drop_last=False)
+                                 persistent_workers=False, drop_last=False,
+                                 # its own generator: starting an epoch must not draw from the global
+                                 # RNG, or a resumed run's dropout masks would shift
+                                 generator=torch.Generator().manual_seed(seed))
         self.taken = 0  # batches taken in the current epoch
         self._iter: Iterator | None = None
 
@@ -72,8 +81,15 @@ class BatchStream:
         return self.sampler.epoch + self.taken / max(1, self.batches_per_epoch())
 
     def state(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "taken": self.taken}
+        """Position in samples consumed by all ranks together: rank r reads order[r::world], so
+        after t batches the ranks have read exactly the first t × batch × world samples of the
+        epoch's order, and a run may resume on another number of processes at the same place."""
+        return {"epoch": self.sampler.epoch, "samples": self.taken * self.batch_size * self.sampler.world}
 
     def load_state(self, state: dict[str, int]) -> None:
-        self.sampler.epoch, self.taken = state["epoch"], state["taken"]
+        per_batch = self.batch_size * self.sampler.world
+        if state["samples"] % per_batch:
+            raise ConfigError(f"the checkpoint stopped after {state['samples']} samples of an epoch, which is not a "
+                             f"whole number of global batches of {per_batch}; keep the same global batch size")
+        self.sampler.epoch, self.taken = state["epoch"], state["samples"] // per_batch
         self._iter = None

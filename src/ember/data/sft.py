@@ -74,21 +74,29 @@ def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
 
 def encode_conversation(messages: list[dict], tokenizer, cutoff_len: int, train_on_prompt: bool = False,
                         mask_history: bool = False) -> tuple[list[int], list[int], int]:
-    """Render with the chat template, tokenize once, label the assistant spans; truncate to cutoff_len."""
+    """Render with the chat template, cut the text at each assistant turn's edges, tokenize the
+    prompt and answer pieces separately (so no token straddles an edge) and label the answers;
+    truncate to cutoff_len."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    spans = []
-    for i in turns[-1:] if mask_history else turns:
+    supervised = set(turns[-1:] if mask_history else turns)
+    pieces, cursor = [], 0  # (text, is_answer)
+    for i in turns:
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
-        if not text.startswith(upto) or not upto.startswith(prefix):
+        if not text.startswith(upto) or not upto.startswith(prefix) or len(prefix) < cursor:
             raise ConfigError("the chat template does not render conversations turn by turn, so assistant "
                               "tokens cannot be located; choose another template")
-        spans.append((len(prefix), len(upto)))
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = [tok if train_on_prompt or any(a <= start < b for a, b in spans) else IGNORE
-              for tok, (start, _) in zip(ids, enc["offset_mapping"])]
+        pieces += [(text[cursor:len(prefix)], False), (text[len(prefix):len(upto)], i in supervised)]
+        cursor = len(upto)
+    pieces.append((text[cursor:], False))
+    ids: list[int] = []
+    labels: list[int] = []
+    for piece, is_answer in pieces:
+        if piece:
+            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+            ids += piece_ids
+            labels += piece_ids if (is_answer or train_on_prompt) else [IGNORE] * len(piece_ids)
     status = OK
     if len(ids) > cutoff_len:
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]

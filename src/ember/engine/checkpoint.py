@@ -12,6 +12,7 @@ import os
 import random
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -92,43 +93,60 @@ def checkpoint_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: state[name].detach().contiguous() for name in state if name in keep}
 
 
-def write_checkpoint(root: Path, step: int, model, optimizers: dict | None, state: dict, rank: int = 0) -> Path:
-    """Write checkpoint-<step> atomically. optimizers=None writes weights and state only."""
+def write_checkpoint(root: Path, step: int, world, write_parts: Callable[[Path], None], state: dict) -> Path:
+    """Write checkpoint-<step> atomically, on every rank at once.
+
+    Each rank writes its RNG state and its share of the weights (write_parts); only when
+    every rank succeeded does rank 0 write the state, the size manifest and rename the folder.
+    """
     final, tmp = root / f"{PREFIX}{step}", root / f"{TMP_PREFIX}{step}"
-    try:
+    if world.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(checkpoint_tensors(model), str(tmp / "model.safetensors"))
-        if optimizers is not None:
-            torch.save({name: opt.state_dict() for name, opt in optimizers.items()}, tmp / "optimizer.pt")
-        torch.save(rng_state(), tmp / f"rng_state_{rank}.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-        files = {p.name: p.stat().st_size for p in tmp.iterdir()}
-        for name in files:
-            _fsync(tmp / name)
-        (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}))
-        _fsync(tmp / MARKER)
-        _fsync(tmp)
-        old = root / f".old-{PREFIX}{step}"
-        if final.exists():  # a re-save of the same step: the old copy goes only after the new one is in place
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _fsync(root)
-        shutil.rmtree(old, ignore_errors=True)
+    world.barrier()
+    failure = None
+    try:
+        torch.save(rng_state(), tmp / f"rng_state_{world.rank}.pt")
+        write_parts(tmp)
+        world.barrier()
+        if world.is_main:
+            _seal(tmp, final, root, step, state)
     except OSError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {err.strerror or err}; "
-                              "the earlier checkpoints are intact") from None
+        failure = err
+    if world.any(failure is not None):
+        if world.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        cause = (failure.strerror or str(failure)) if failure else "another rank failed to write its part"
+        raise CheckpointError(f"could not write checkpoint {final}: {cause}; the earlier checkpoints are intact")
     return final
 
 
+def _seal(tmp: Path, final: Path, root: Path, step: int, state: dict) -> None:
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    for name in files:
+        _fsync(tmp / name)
+    (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}))
+    _fsync(tmp / MARKER)
+    _fsync(tmp)
+    old = root / f".old-{PREFIX}{step}"
+    if final.exists():  # a re-save of the same step: the old copy goes only after the new one is in place
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync(root)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def read_checkpoint(path: Path, rank: int = 0) -> dict:
-    """Everything in a checkpoint, loaded into memory (raises CheckpointError if unreadable)."""
+    """A checkpoint's contents in memory (raises CheckpointError if unreadable). Sharded (DCP)
+    weights stay on disk: they are read straight into the sharded model."""
     try:
-        bundle = {"weights": load_file(str(path / "model.safetensors")),
-                  "state": json.loads((path / "trainer_state.json").read_text())}
+        bundle = {"path": path, "state": json.loads((path / "trainer_state.json").read_text())}
+        sharded = (path / "dcp").is_dir()
+        bundle["weights"] = None if sharded else load_file(str(path / "model.safetensors"))
         optimizer_file = path / "optimizer.pt"
-        bundle["optimizers"] = torch.load(optimizer_file, weights_only=True) if optimizer_file.exists() else None
+        bundle["optimizers"] = (torch.load(optimizer_file, weights_only=True) if optimizer_file.exists()
+                                else "dcp" if sharded and not bundle["state"].get("save_only_model") else None)
         rng_file = path / f"rng_state_{rank}.pt"
         bundle["rng"] = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
     except Exception as err:  # safetensors, pickle and json each raise their own types

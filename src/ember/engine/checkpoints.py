@@ -13,43 +13,49 @@ import shutil
 import time
 from pathlib import Path
 
-from .checkpoint import PREFIX, TMP_PREFIX, step_of, write_checkpoint
+from .checkpoint import PREFIX, TMP_PREFIX, read_checkpoint, step_of, write_checkpoint
 from .retention import is_better, prune
-from .weights import load_weights, read_weights
 
 log = logging.getLogger("ember")
 
 
 class CheckpointManager:
-    def __init__(self, cfg, root: Path, rank: int = 0):
-        self.cfg, self.root, self.rank = cfg, root, rank
+    def __init__(self, cfg, root: Path, world):
+        self.cfg, self.root, self.world = cfg, root, world
         self.metric = cfg.metric_for_best_model
         if not self.metric.startswith("eval_") and self.metric != "loss":
             self.metric = f"eval_{self.metric}"
         self.greater = cfg.greater_is_better if cfg.greater_is_better is not None else not self.metric.endswith("loss")
         self.best_metric: float | None = None
         self.best_step: int | None = None
-        for leftover in root.glob(f"{TMP_PREFIX}*"):  # saves cut short by a kill; never resumed from
-            shutil.rmtree(leftover, ignore_errors=True)
+        if world.is_main:
+            for leftover in root.glob(f"{TMP_PREFIX}*"):  # saves cut short by a kill; never resumed from
+                shutil.rmtree(leftover, ignore_errors=True)
+        world.barrier()
 
-    def save(self, step: int, model, optimizers: dict, run_state: dict, eval_record: dict) -> Path:
+    def save(self, step: int, state_io, optimizers: dict, run_state: dict, eval_record: dict) -> Path:
         value = eval_record.get(self.metric)
         is_best = is_better(value, self.best_metric, self.greater)
         if is_best:
             self.best_metric, self.best_step = value, step
         state = {**run_state, "best": self.state_dict(), "save_only_model": self.cfg.save_only_model}
         started = time.perf_counter()
-        path = write_checkpoint(self.root, step, model, None if self.cfg.save_only_model else optimizers,
-                                state, self.rank)
+        writer = state_io.writer(None if self.cfg.save_only_model else optimizers)
+        path = write_checkpoint(self.root, step, self.world, writer, state)
+        if self.world.is_main:
+            self._record(path, step, eval_record, is_best, started)
+        self.world.barrier()  # no rank moves on while rank 0 still prunes
+        return path
+
+    def _record(self, path: Path, step: int, eval_record: dict, is_best: bool, started: float) -> None:
         record = {"step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "path": str(path),
-                  "bytes": sum(f.stat().st_size for f in path.iterdir()),
+                  "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
                   "seconds": round(time.perf_counter() - started, 3),
                   "metrics": {k: v for k, v in eval_record.items() if k != "step"}, "is_best": is_best}
         with (self.root / "checkpoints.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
         for gone in prune(self.root, self.cfg.save_total_limit, self.best_step):
             log.info("deleted %s (save_total_limit %d)", gone.name, self.cfg.save_total_limit)
-        return path
 
     def state_dict(self) -> dict:
         return {"metric": self.metric, "best_metric": self.best_metric, "best_step": self.best_step}
@@ -57,12 +63,12 @@ class CheckpointManager:
     def load_state_dict(self, state: dict) -> None:
         self.best_metric, self.best_step = state.get("best_metric"), state.get("best_step")
 
-    def restore_best(self, model) -> int | None:
-        """Load the best checkpoint's weights into model (load_best_model_at_end)."""
+    def restore_best(self, state_io) -> int | None:
+        """Load the best checkpoint's weights into the model (load_best_model_at_end)."""
         if self.best_step is None:
             log.warning("load_best_model_at_end: no checkpoint was evaluated; keeping the last weights")
             return None
         path = self.root / f"{PREFIX}{self.best_step}"
-        load_weights(model, read_weights(path), str(path))
+        state_io.load(read_checkpoint(path, self.world.rank), optimizers=None)
         log.info("loaded the best model from %s (%s %.4f)", path.name, self.metric, self.best_metric)
         return step_of(path)

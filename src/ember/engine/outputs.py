@@ -14,7 +14,7 @@ OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "trainin
 OWN_DIRS = ("tensorboard",)
 
 
-def prepare_output_dir(cfg, resuming: bool) -> Path:
+def prepare_output_dir(cfg, resuming: bool, is_main: bool = True) -> Path:
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
@@ -22,7 +22,7 @@ def prepare_output_dir(cfg, resuming: bool) -> Path:
     if busy and not (resuming or cfg.overwrite_output_dir):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
                           "or resume_from_checkpoint: true to continue the run in it")
-    if busy and cfg.overwrite_output_dir and not resuming:
+    if busy and cfg.overwrite_output_dir and not resuming and is_main:
         for name in OWN_FILES:
             (root / name).unlink(missing_ok=True)
         for name in OWN_DIRS:
@@ -30,7 +30,8 @@ def prepare_output_dir(cfg, resuming: bool) -> Path:
         for folder in [*root.glob(f"{PREFIX}*"), *root.glob(f".tmp-{PREFIX}*")]:
             if (folder / MARKER).exists() or folder.name.startswith(".tmp-"):
                 shutil.rmtree(folder)
-    root.mkdir(parents=True, exist_ok=True)
+    if is_main:
+        root.mkdir(parents=True, exist_ok=True)
     return root
 
 

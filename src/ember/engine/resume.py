@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 from ..config.errors import ConfigError
@@ -11,9 +12,14 @@ from .checkpoint import MARKER, CheckpointError, checkpoint_folders, is_complete
 log = logging.getLogger("ember")
 
 
+def restarted_by_torchrun() -> bool:
+    """torchrun --max-restarts brought this process back after a failure: continue, don't restart."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
 def wants_resume(cfg) -> bool:
     value = cfg.resume_from_checkpoint
-    return value is not None and str(value).lower() not in ("false", "no", "none", "")
+    return restarted_by_torchrun() or (value is not None and str(value).lower() not in ("false", "no", "none", ""))
 
 
 def load_resume_bundle(cfg, rank: int = 0) -> tuple[Path, dict] | None:
@@ -23,7 +29,7 @@ def load_resume_bundle(cfg, rank: int = 0) -> tuple[Path, dict] | None:
     """
     if not wants_resume(cfg):
         return None
-    value = str(cfg.resume_from_checkpoint)
+    value = "auto" if restarted_by_torchrun() else str(cfg.resume_from_checkpoint)
     if value.lower() in ("true", "auto", "yes", "1"):
         for path in reversed(checkpoint_folders(cfg.output_dir)):
             if not is_complete(path):

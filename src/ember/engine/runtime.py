@@ -10,12 +10,17 @@ import torch
 from ..config.errors import ConfigError
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
+    """cuda:<local rank> when CUDA is there (one GPU per process under torchrun), else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device is '{name}' but no CUDA device is available; use device: auto or cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return device
 
 

@@ -31,18 +31,21 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
         opt.zero_grad(set_to_none=True)
     several = len(optimizers) > 1
     sums, counts, refs = {}, {}, {}
-    for batch in window:
+    for index, batch in enumerate(window):
         batch = to_device(batch, trainer.device)
-        with precision.autocast():
-            losses = trainer.task.training_step(trainer.model, batch, trainer.state["step"])
-        for i, (name, loss) in enumerate(losses.items()):
-            count = torch.as_tensor(loss.count, device=loss.total.device, dtype=torch.float32)
-            if name not in refs:
-                refs[name] = count.clamp(min=1) * len(window)
-            precision.backward(loss.total.float() / refs[name], inputs=params[name] if several else None,
-                               retain_graph=several and i < len(losses) - 1)
-            sums[name] = sums.get(name, 0) + loss.total.detach().float()
-            counts[name] = counts.get(name, 0) + count
+        with world.no_sync(trainer.model, sync=index == len(window) - 1):
+            with precision.autocast():
+                losses = trainer.task.training_step(trainer.model, batch, trainer.state["step"])
+            for i, (name, loss) in enumerate(losses.items()):
+                count = torch.as_tensor(loss.count, device=loss.total.device, dtype=torch.float32)
+                if name not in refs:
+                    # the same reference on every rank, so averaging gradients across ranks commutes
+                    # with the rescaling below
+                    refs[name] = (world.sum(count) / world.size).clamp(min=1) * len(window)
+                precision.backward(loss.total.float() / refs[name], inputs=params[name] if several else None,
+                                   retain_graph=several and i < len(losses) - 1)
+                sums[name] = sums.get(name, 0) + loss.total.detach().float()
+                counts[name] = counts.get(name, 0) + count
     grad_norms = {}
     max_norm = trainer.cfg.max_grad_norm or math.inf
     for name, opt in optimizers.items():
@@ -50,7 +53,9 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
         factor = refs[name] * world.size / world.sum(counts[name]).clamp(min=1)
         grads = [p.grad for p in params[name] if p.grad is not None]
         if grads:
-            torch._foreach_mul_(grads, factor.to(grads[0].dtype))
+            # DTensor grads (FSDP) take a plain float; local grads take the tensor (no host sync)
+            scale = factor.item() if world.strategy == "fsdp" and world.active else factor.to(grads[0].dtype)
+            torch._foreach_mul_(grads, scale)
         grad_norms[name] = torch.nn.utils.clip_grad_norm_(params[name], max_norm, foreach=True)
         precision.step(opt)
     precision.update()

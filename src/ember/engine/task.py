@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -25,20 +25,7 @@ class Task(Protocol):
     def build_data(self) -> tuple[Dataset, Dataset | None, Callable]: ...
     def param_groups(self, model: nn.Module) -> dict[str, list[dict[str, Any]]]: ...
     def training_step(self, model: nn.Module, batch: Any, step: int) -> dict[str, Loss]: ...
-    def evaluate(self, model: nn.Module, batches: Iterable[Any]) -> dict[str, float]: ...
-    def export(self, model: nn.Module, path: str) -> None: ...
-
-
-def loss_metrics(task: Task, model: nn.Module, batches: Iterable[Any], prefix: str = "eval") -> dict[str, float]:
-    """Item-weighted mean of each optimizer's loss over batches: the default evaluation."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, torch.Tensor] = {}
-    for batch in batches:
-        for name, loss in task.training_step(model, batch, step=-1).items():
-            sums[name] = sums.get(name, 0) + loss.total.detach().float()
-            counts[name] = counts.get(name, 0) + torch.as_tensor(loss.count)
-    out = {}
-    for name in sums:
-        key = f"{prefix}_loss" if len(sums) == 1 else f"{prefix}_{name}_loss"
-        out[key] = (sums[name] / torch.clamp(torch.as_tensor(counts[name]), min=1)).item()
-    return out
+    # optional: extra per-batch validation metrics (PSNR, accuracy); the engine computes the
+    # eval losses itself from training_step and averages these over batches and ranks
+    # def eval_metrics(self, model: nn.Module, batch: Any) -> dict[str, float]: ...
+    def export(self, model: nn.Module, path: str, state_dict: dict | None = None) -> None: ...  # full weights under FSDP

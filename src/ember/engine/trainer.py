@@ -2,7 +2,7 @@
 
 The engine knows nothing of language models, images or videos: a task hands it a model,
 datasets and a loss per optimizer; the engine owns batching, precision, optimizers,
-schedules, accumulation, evaluation, checkpoints and logs.
+schedules, accumulation, distribution, evaluation, checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import math
 import time
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..data.sampling import BatchStream
 from .checkpoint import set_rng_state
 from .checkpoints import CheckpointManager
 from .distributed import World
+from .evaluation import Evaluator
 from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
@@ -24,8 +24,8 @@ from .preemption import Preempted, StopSignals
 from .resume import load_resume_bundle, truncate_metrics
 from .runtime import Precision, pick_device, seed_everything
 from .schedules import LRSchedule
-from .step import run_optimizer_step, to_device
-from .task import loss_metrics
+from .state_io import StateIO
+from .step import run_optimizer_step
 from .tracking import MetricsLog, Progress
 from .weights import load_weights, read_weights
 
@@ -35,62 +35,71 @@ log = logging.getLogger("ember")
 class Trainer:
     def __init__(self, cfg, task):
         self.cfg, self.task = cfg, task
-        self.world = World()
-        self.device = pick_device(cfg.device)
+        self.world = World(cfg)
+        self.device = pick_device(cfg.device, self.world.local_rank)
         self.precision = Precision(cfg, self.device)
         self.state = {"step": 0, "tokens_seen": 0}
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
-        cfg = self.cfg
-        resume = load_resume_bundle(cfg, self.world.rank)
-        self.root = prepare_output_dir(cfg, resuming=resume is not None)
-        if self.world.is_main:
+        cfg, world = self.cfg, self.world
+        world.start(self.device)
+        resume = load_resume_bundle(cfg, world.rank)
+        self.root = prepare_output_dir(cfg, resuming=resume is not None, is_main=world.is_main)
+        world.barrier()
+        if world.is_main:
             write_config(cfg, self.root)
         seed_everything(cfg.seed)
         train_set, val_set, collate = self.task.build_data()
         seed_everything(cfg.seed)  # weights do not depend on how much randomness data loading used
-        self.model = self.task.build_model()
-        if cfg.load_from_checkpoint:
-            load_weights(self.model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
-                         cfg.ignore_mismatched_sizes)
-            log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
-        if next(self.model.parameters()).device != self.device:  # k-bit models are placed when loaded
-            self.model.to(self.device)
-        if self.precision.param_dtype is not None:
-            self.model.to(self.precision.param_dtype)
-        groups = (self.task.param_groups(self.model) if hasattr(self.task, "param_groups")
-                  else default_param_groups(self.model, cfg))
+        self.model = self.build_model()
+        groups = (self.task.param_groups(self.raw) if hasattr(self.task, "param_groups")
+                  else default_param_groups(self.raw, cfg))
         self.optimizers = {name: build_optimizer(g, cfg, self.device) for name, g in groups.items()}
         self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
+        self.state_io = StateIO(world, self.model, self.raw)
 
         pin = self.device.type == "cuda"
         self.stream = BatchStream(train_set, cfg.per_device_train_batch_size, collate, seed=cfg.seed,
                                   num_workers=cfg.dataloader_num_workers, pin_memory=pin,
-                                  rank=self.world.rank, world=self.world.size)
-        self.val_loader = (DataLoader(val_set, batch_size=cfg.per_device_eval_batch_size, collate_fn=collate,
-                                      num_workers=cfg.dataloader_num_workers, pin_memory=pin)
-                           if val_set is not None and len(val_set) > 0 else None)
+                                  rank=world.rank, world=world.size)
+        self.evaluator = (Evaluator(val_set, cfg.per_device_eval_batch_size, collate, world,
+                                    cfg.dataloader_num_workers, pin, cfg.max_eval_batches)
+                          if val_set is not None and len(val_set) > 0 else None)
         accum = cfg.gradient_accumulation_steps
         self.micro_per_epoch = self.stream.batches_per_epoch()
         self.total_steps = (cfg.max_steps if cfg.max_steps > 0
                             else max(1, math.ceil(cfg.num_train_epochs * self.micro_per_epoch / accum)))
-        self.eval_strategy = cfg.eval_strategy or ("steps" if self.val_loader is not None else "no")
+        self.eval_strategy = cfg.eval_strategy or ("steps" if self.evaluator is not None else "no")
         self.eval_every = cfg.eval_steps or cfg.logging_steps
         self.schedule = LRSchedule(self.optimizers, cfg, self.total_steps)
-        self.checkpoints = CheckpointManager(cfg, self.root, self.world.rank)
+        self.checkpoints = CheckpointManager(cfg, self.root, world)
         if resume is not None:
             self._resume(*resume)
-        self.metrics = MetricsLog(cfg.output_dir, cfg.report_to, enabled=self.world.is_main)
-        self.progress = Progress(self.total_steps, self.state["step"], cfg.disable_tqdm, enabled=self.world.is_main)
+        self.metrics = MetricsLog(cfg.output_dir, cfg.report_to, enabled=world.is_main)
+        self.progress = Progress(self.total_steps, self.state["step"], cfg.disable_tqdm, enabled=world.is_main)
+        if world.size > 1:
+            log.info("rank %d of %d, %s on %s", world.rank, world.size, world.strategy, self.device)
+
+    def build_model(self) -> torch.nn.Module:
+        """The task's model, initialised, placed, cast and wrapped for the strategy."""
+        cfg = self.cfg
+        model = self.task.build_model()
+        if cfg.load_from_checkpoint:
+            load_weights(model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
+                         cfg.ignore_mismatched_sizes)
+            log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
+        if next(model.parameters()).device != self.device:  # k-bit models are placed when loaded
+            model.to(self.device)
+        if self.precision.param_dtype is not None:
+            model.to(self.precision.param_dtype)
+        self.raw = model
+        return self.world.wrap(model, self.device, self.precision, cfg.fsdp_cpu_offload)
 
     def _resume(self, path, bundle: dict) -> None:
-        load_weights(self.model, bundle["weights"], str(path))
         saved = bundle["state"]
-        if bundle["optimizers"] is not None:
-            for name, opt in self.optimizers.items():
-                opt.load_state_dict(bundle["optimizers"][name])
-        else:
+        self.state_io.load(bundle, self.optimizers)
+        if bundle["optimizers"] is None:
             log.warning("%s was saved with save_only_model: weights are restored but the optimizer starts fresh, "
                         "so this run will not match an uninterrupted one exactly", path.name)
         self.state.update(saved["trainer"])
@@ -100,22 +109,29 @@ class Trainer:
         self.checkpoints.load_state_dict(saved["best"])
         if bundle["rng"] is not None:
             set_rng_state(bundle["rng"])
-        truncate_metrics(self.root / "metrics.jsonl", self.state["step"])
+        elif saved.get("world_size", 1) != self.world.size:
+            log.warning("resuming on %d processes a run saved on %d: the data order and weights continue "
+                        "exactly, dropout randomness does not", self.world.size, saved.get("world_size", 1))
+        if self.world.is_main:
+            truncate_metrics(self.root / "metrics.jsonl", self.state["step"])
         log.info("resumed from %s at step %d", path, self.state["step"])
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> dict:
-        self.setup()
-        with StopSignals() as signals:
-            last_eval = self._loop(signals)
-        return self.finish(last_eval)
+        try:
+            self.setup()
+            with StopSignals() as signals:
+                last_eval = self._loop(signals)
+            return self.finish(last_eval)
+        finally:
+            self.world.stop()
 
     def _loop(self, signals: StopSignals) -> dict:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
         self.model.train()
         interval = self._new_interval()
         last_eval: dict = {}
-        if cfg.eval_on_start and self.state["step"] == 0 and self.val_loader is not None:
+        if cfg.eval_on_start and self.state["step"] == 0 and self.evaluator is not None:
             self.metrics.write(self.evaluate())
         while self.state["step"] < self.total_steps:
             window = [next(self.stream) for _ in range(accum)]
@@ -139,7 +155,7 @@ class Trainer:
             saved = bool(cfg.save_steps) and step % cfg.save_steps == 0
             if saved:
                 self.save(last_eval if last_eval.get("step") == step else {})
-            if signals.received:
+            if self.world.any(signals.received is not None):  # every rank stops at the same step
                 self._stop(signals, already_saved=saved)
         return last_eval
 
@@ -148,9 +164,9 @@ class Trainer:
             self.save({})
         self.progress.close()
         self.metrics.close()
-        raise Preempted(signals.received,
-                        f"stopped by {signals.name} after step {self.state['step']}; checkpoint "
-                        f"{self.root}/checkpoint-{self.state['step']} is complete. Resume with: "
+        raise Preempted(signals.received or 15,
+                        f"stopped by {signals.name or 'a signal to another rank'} after step {self.state['step']}; "
+                        f"checkpoint {self.root}/checkpoint-{self.state['step']} is complete. Resume with: "
                         f"ember train {self.root}/config.yaml resume_from_checkpoint=true")
 
     @property
@@ -163,19 +179,21 @@ class Trainer:
 
     def train_metrics(self, interval: dict, grad_norms: dict, lr: float) -> dict:
         elapsed = time.perf_counter() - interval["t0"]
-        count = interval["count"].item()
+        count = self.world.sum(interval["count"]).item()
+        loss_sum = self.world.sum(interval["sum"]).item()
+        grad_norm = grad_norms[self.main_name]
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.state["tokens_seen"] += int(count)
         record = {"step": self.state["step"], "epoch": round(self.stream.epoch, 4),
-                  "loss": interval["sum"].item() / max(count, 1), "lr": lr,
-                  "grad_norm": grad_norms[self.main_name].item(), "tokens_per_sec": count / max(elapsed, 1e-9),
-                  "tokens_seen": self.state["tokens_seen"]}
+                  "loss": loss_sum / max(count, 1), "lr": lr, "grad_norm": grad_norm.item(),
+                  "tokens_per_sec": count / max(elapsed, 1e-9), "tokens_seen": self.state["tokens_seen"]}
         if self.precision.scaler is not None:
             record.update(loss_scale=self.precision.scaler.get_scale(), skipped_steps=self.precision.skipped_steps)
         self.progress.show(record)
         return record
 
     def _should_evaluate(self, step: int) -> bool:
-        if self.val_loader is None or self.eval_strategy == "no":
+        if self.evaluator is None or self.eval_strategy == "no":
             return False
         if step == self.total_steps:
             return True
@@ -186,17 +204,7 @@ class Trainer:
 
     def evaluate(self) -> dict:
         self.model.eval()
-        limit = self.cfg.max_eval_batches
-
-        def batches():
-            for i, batch in enumerate(self.val_loader):
-                if limit is not None and i >= limit:
-                    return
-                yield to_device(batch, self.device)
-
-        with torch.no_grad(), self.precision.autocast():
-            evaluate = getattr(self.task, "evaluate", None)
-            metrics = evaluate(self.model, batches()) if evaluate else loss_metrics(self.task, self.model, batches())
+        metrics = self.evaluator.run(self.task, self.model, self.device, self.precision)
         self.model.train()
         if "eval_loss" in metrics:
             self.schedule.observe(metrics["eval_loss"])
@@ -204,21 +212,21 @@ class Trainer:
         return {"step": self.state["step"], **metrics}
 
     def save(self, eval_record: dict) -> None:
-        if not self.world.is_main:
-            return
-        run_state = {"trainer": self.state, "schedule": self.schedule.state_dict(),
+        run_state = {"trainer": self.state, "schedule": self.schedule.state_dict(), "world_size": self.world.size,
                      "precision": self.precision.state_dict(), "data": self.stream.state()}
-        self.checkpoints.save(self.state["step"], self.model, self.optimizers, run_state, eval_record)
+        self.checkpoints.save(self.state["step"], self.state_io, self.optimizers, run_state, eval_record)
 
     def finish(self, last_eval: dict) -> dict:
         self.progress.close()
         result = {"step": self.state["step"], **{k: v for k, v in last_eval.items() if k != "step"}}
+        if self.cfg.load_best_model_at_end:
+            result["best_step"] = self.checkpoints.restore_best(self.state_io)
+        full_state = self.state_io.full_state_dict()  # a collective under FSDP
         if self.world.is_main:
-            if self.cfg.load_best_model_at_end:
-                result["best_step"] = self.checkpoints.restore_best(self.model)
-            self.task.export(self.model, str(self.root))
+            self.task.export(self.raw, str(self.root), state_dict=full_state)
             if self.cfg.plot_loss:
                 plot_losses(str(self.root))
             self.metrics.close()
             log.info("saved the trained model to %s", self.root)
+        self.world.barrier()
         return result

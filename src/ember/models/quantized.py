@@ -32,7 +32,8 @@ def load_quantized_causal_lm(cfg) -> torch.nn.Module:
 def disable_cpu_repacking(model: torch.nn.Module) -> None:
     """bitsandbytes repacks 4-bit weights for avx512-bf16 CPUs on the first no-grad eval-mode
     forward. The repacked layout crashes on widths that are not multiples of 32 and, after any
-    evaluation pass, silently gives LoRA zero gradients. Keeping the portable layout avoids both."""
+    evaluation pass, silently gives LoRA wrong (often zero) gradients, since the repacked path has no
+    autograd. Keeping the portable layout avoids both."""
     import bitsandbytes as bnb
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):

@@ -93,7 +93,7 @@ class CausalLMTask:
                                 ignore_index=IGNORE, reduction="sum")
         return {"model": Loss(total, (labels != IGNORE).sum())}
 
-    def export(self, model, path: str) -> None:
+    def export(self, model, path: str, state_dict: dict | None = None) -> None:
         """HF model folder for full/freeze; a PEFT adapter (loadable onto the base) for LoRA/QLoRA."""
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)

@@ -1,0 +1,49 @@
+"""Evaluation over a validation set split across ranks, reduced to one set of numbers."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .step import to_device
+
+
+class Evaluator:
+    """Each rank evaluates a disjoint shard; every rank runs the same number of batches (FSDP
+    forwards are collectives), re-running its last batch without counting it when short."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, collate, world, num_workers: int, pin: bool,
+                 max_batches: int | None):
+        self.world = world
+        shard = Subset(dataset, range(world.rank, len(dataset), world.size))
+        self.loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
+                                 pin_memory=pin)
+        longest = math.ceil(math.ceil(len(dataset) / world.size) / batch_size)
+        self.batches = longest if max_batches is None else min(longest, max_batches)
+
+    def run(self, task, model, device, precision) -> dict[str, float]:
+        sums: dict[str, torch.Tensor] = {}
+        counts: dict[str, torch.Tensor] = {}
+        extra: list[dict] = []
+        batch, real = None, 0
+        iterator = iter(self.loader)
+        with torch.no_grad(), precision.autocast():
+            for _ in range(self.batches):
+                try:
+                    batch, real = to_device(next(iterator), device), 1
+                except StopIteration:
+                    real = 0  # keep step with the other ranks; this batch is not counted
+                for name, loss in task.training_step(model, batch, step=-1).items():
+                    sums[name] = sums.get(name, 0) + real * loss.total.detach().float()
+                    counts[name] = counts.get(name, 0) + real * torch.as_tensor(loss.count, device=device).float()
+                if real and hasattr(task, "eval_metrics"):
+                    extra.append(task.eval_metrics(model, batch))
+        out = {}
+        for name in sums:
+            key = "eval_loss" if len(sums) == 1 else f"eval_{name}_loss"
+            out[key] = (self.world.sum(sums[name]) / self.world.sum(counts[name]).clamp(min=1)).item()
+        if extra:
+            means = {k: sum(e[k] for e in extra) / len(extra) for k in extra[0]}
+            out.update(self.world.mean_floats(means))
+        return out
