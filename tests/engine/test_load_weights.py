@@ -5,7 +5,6 @@ trained checkpoint), so "the model equals the source" cannot pass by accident.
 """
 from __future__ import annotations
 
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -166,7 +165,7 @@ def _write_malicious(path: Path, sentinel: Path, how: str) -> None:
         torch.save(payload, path)
     else:
         with path.open("wb") as f:
-            pickle.dump(payload, f)
+            pickle.dump(payload, f, protocol=2)
 
 
 def test_the_malicious_payload_is_live(tmp_path):

@@ -7,8 +7,9 @@ from .aliases import ALIASES
 from .schema import GROUPS
 
 RETENTION_RULE = ("Checkpoints: every save_steps a checkpoint-<step>/ folder is written aside and renamed into place "
-                  "when complete; save_total_limit keeps the N newest complete ones, and the best one (lowest "
-                  "eval_loss) is kept in addition and never deleted.")
+                  "when complete; only then are older ones deleted. save_total_limit keeps the N newest complete "
+                  "ones, and the best one (by metric_for_best_model) besides: it is never deleted. Folders ember "
+                  "did not write are never touched.")
 
 
 def _type_name(annotation) -> str:

@@ -17,8 +17,7 @@ SCHEDULERS = (
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
 
 
-class Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+from .schema_base import Group
 
 
 class TaskGroup(Group):
@@ -162,9 +161,11 @@ class DistributedGroup(Group):
     max_restarts: int = Field(0, ge=0, description="torchrun restarts after a failed process; each restart resumes from the newest checkpoint")
 
 
+from .video_keys import VideoGroup  # noqa: E402  (a task's own keys live beside its task)
+
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup, DistributedGroup,
+    FinetuneGroup, DistributedGroup, VideoGroup,
 )
 
 

@@ -111,12 +111,12 @@ def write_checkpoint(root: Path, step: int, world, write_parts: Callable[[Path],
         world.barrier()
         if world.is_main:
             _seal(tmp, final, root, step, state)
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - safetensors and torch.save wrap OS errors in their own types
         failure = err
     if world.any(failure is not None):
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        cause = (failure.strerror or str(failure)) if failure else "another rank failed to write its part"
+        cause = (getattr(failure, "strerror", None) or str(failure)) if failure else "another rank failed to write its part"
         raise CheckpointError(f"could not write checkpoint {final}: {cause}; the earlier checkpoints are intact")
     return final
 

@@ -14,15 +14,18 @@ OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "trainin
 OWN_DIRS = ("tensorboard",)
 
 
-def prepare_output_dir(cfg, resuming: bool, is_main: bool = True) -> Path:
+def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: bool = False) -> Path:
+    """fresh_start: a resume was asked for but there is nothing to resume from (a run killed
+    before its first checkpoint), so ember's own leftovers are cleared as on overwrite."""
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
     busy = root.is_dir() and any(root.iterdir())
-    if busy and not (resuming or cfg.overwrite_output_dir):
+    overwrite = cfg.overwrite_output_dir or fresh_start
+    if busy and not (resuming or overwrite):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
                           "or resume_from_checkpoint: true to continue the run in it")
-    if busy and cfg.overwrite_output_dir and not resuming and is_main:
+    if busy and overwrite and not resuming and is_main:
         for name in OWN_FILES:
             (root / name).unlink(missing_ok=True)
         for name in OWN_DIRS:

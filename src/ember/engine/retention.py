@@ -1,7 +1,7 @@
-"""Which checkpoints to keep: the save_total_limit newest, plus the best one, always.
+"""Which checkpoints to keep: the save_total_limit newest, and the best one besides.
 
-The best checkpoint (by metric_for_best_model) never counts against the limit and is never
-deleted, so `save_total_limit: 1` with evaluation keeps the newest and the best. Only
+The best checkpoint (by metric_for_best_model) is never deleted, so `save_total_limit: 1`
+with evaluation keeps the newest and the best (one folder when they are the same). Only
 complete folders named checkpoint-<step> that carry ember's marker are ever deleted.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ def is_better(value: float, best: float | None, greater_is_better: bool) -> bool
 def prune(output_dir: str | Path, limit: int | None, best_step: int | None) -> list[Path]:
     if not limit:
         return []
-    candidates = [p for p in complete_checkpoints(output_dir) if step_of(p) != best_step]
-    doomed = candidates[:-limit] if len(candidates) > limit else []
+    complete = complete_checkpoints(output_dir)
+    doomed = [p for p in complete[:-limit] if step_of(p) != best_step]
     for path in doomed:
         shutil.rmtree(path)
     return doomed

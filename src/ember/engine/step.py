@@ -49,6 +49,8 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
     grad_norms = {}
     max_norm = trainer.cfg.max_grad_norm or math.inf
     for name, opt in optimizers.items():
+        if name not in refs:  # no loss for this optimizer in this window (e.g. a GAN before disc_start)
+            continue
         precision.unscale(opt)
         factor = refs[name] * world.size / world.sum(counts[name]).clamp(min=1)
         grads = [p.grad for p in params[name] if p.grad is not None]
@@ -58,5 +60,7 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
             torch._foreach_mul_(grads, scale)
         grad_norms[name] = torch.nn.utils.clip_grad_norm_(params[name], max_norm, foreach=True)
         precision.step(opt)
+    if hasattr(trainer.task, "after_optimizer_step"):  # e.g. an EMA of the weights, kept by the task
+        trainer.task.after_optimizer_step(trainer.raw, trainer.state["step"])
     precision.update()
     return sums, counts, grad_norms

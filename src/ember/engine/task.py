@@ -28,4 +28,7 @@ class Task(Protocol):
     # optional: extra per-batch validation metrics (PSNR, accuracy); the engine computes the
     # eval losses itself from training_step and averages these over batches and ranks
     # def eval_metrics(self, model: nn.Module, batch: Any) -> dict[str, float]: ...
+    # optional: called after every optimizer step (an EMA update); state the task keeps across
+    # steps belongs in the model as buffers, so checkpoints carry it
+    # def after_optimizer_step(self, model: nn.Module, step: int) -> None: ...
     def export(self, model: nn.Module, path: str, state_dict: dict | None = None) -> None: ...  # full weights under FSDP

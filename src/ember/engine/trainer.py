@@ -21,7 +21,7 @@ from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
 from .preemption import Preempted, StopSignals
-from .resume import load_resume_bundle, truncate_metrics
+from .resume import load_resume_bundle, truncate_metrics, wants_resume
 from .runtime import Precision, pick_device, seed_everything
 from .schedules import LRSchedule
 from .state_io import StateIO
@@ -39,13 +39,15 @@ class Trainer:
         self.device = pick_device(cfg.device, self.world.local_rank)
         self.precision = Precision(cfg, self.device)
         self.state = {"step": 0, "tokens_seen": 0}
+        self.interval = self._new_interval()  # losses summed since the last logged step
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, world = self.cfg, self.world
         world.start(self.device)
         resume = load_resume_bundle(cfg, world.rank)
-        self.root = prepare_output_dir(cfg, resuming=resume is not None, is_main=world.is_main)
+        self.root = prepare_output_dir(cfg, resuming=resume is not None, is_main=world.is_main,
+                                       fresh_start=resume is None and wants_resume(cfg))
         world.barrier()
         if world.is_main:
             write_config(cfg, self.root)
@@ -107,6 +109,9 @@ class Trainer:
         self.precision.load_state_dict(saved["precision"])
         self.stream.load_state(saved["data"])
         self.checkpoints.load_state_dict(saved["best"])
+        window = saved.get("log_window", {"sums": {}, "counts": {}}) if self.world.is_main else {"sums": {}, "counts": {}}
+        self.interval["sums"] = {k: torch.tensor(v, device=self.device) for k, v in window["sums"].items()}
+        self.interval["counts"] = {k: torch.tensor(v, device=self.device) for k, v in window["counts"].items()}
         if bundle["rng"] is not None:
             set_rng_state(bundle["rng"])
         elif saved.get("world_size", 1) != self.world.size:
@@ -129,7 +134,8 @@ class Trainer:
     def _loop(self, signals: StopSignals) -> dict:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
         self.model.train()
-        interval = self._new_interval()
+        interval = self.interval
+        interval["t0"] = time.perf_counter()
         last_eval: dict = {}
         if cfg.eval_on_start and self.state["step"] == 0 and self.evaluator is not None:
             self.metrics.write(self.evaluate())
@@ -141,12 +147,13 @@ class Trainer:
             self.schedule.step()
             self.progress.advance()
             step = self.state["step"]
-            interval["sum"] += sums[self.main_name]
-            interval["count"] += counts[self.main_name]
+            for name in sums:
+                interval["sums"][name] = interval["sums"].get(name, 0) + sums[name]
+                interval["counts"][name] = interval["counts"].get(name, 0) + counts[name]
             record: dict = {}
             if step % cfg.logging_steps == 0 or step == self.total_steps:
                 record = self.train_metrics(interval, grad_norms, lr)
-                interval = self._new_interval()
+                interval = self.interval = self._new_interval()
             if self._should_evaluate(step):
                 last_eval = self.evaluate()
                 record.update(last_eval)
@@ -174,19 +181,22 @@ class Trainer:
         return next(iter(self.optimizers))
 
     def _new_interval(self) -> dict:
-        return {"sum": torch.zeros((), device=self.device), "count": torch.zeros((), device=self.device),
-                "t0": time.perf_counter()}
+        return {"sums": {}, "counts": {}, "t0": time.perf_counter()}
 
     def train_metrics(self, interval: dict, grad_norms: dict, lr: float) -> dict:
         elapsed = time.perf_counter() - interval["t0"]
-        count = self.world.sum(interval["count"]).item()
-        loss_sum = self.world.sum(interval["sum"]).item()
+        losses = {}
+        for name in interval["sums"]:  # one host sync per logged step, not per micro-step
+            total = self.world.sum(interval["counts"][name]).item()
+            losses[name] = (self.world.sum(interval["sums"][name]).item() / max(total, 1), total)
+        loss, count = losses.pop(self.main_name)
         grad_norm = grad_norms[self.main_name]
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         self.state["tokens_seen"] += int(count)
         record = {"step": self.state["step"], "epoch": round(self.stream.epoch, 4),
-                  "loss": loss_sum / max(count, 1), "lr": lr, "grad_norm": grad_norm.item(),
-                  "tokens_per_sec": count / max(elapsed, 1e-9), "tokens_seen": self.state["tokens_seen"]}
+                  "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                  "tokens_per_sec": count / max(elapsed, 1e-9), "tokens_seen": self.state["tokens_seen"],
+                  **{f"loss_{name}": value for name, (value, _) in losses.items()}}
         if self.precision.scaler is not None:
             record.update(loss_scale=self.precision.scaler.get_scale(), skipped_steps=self.precision.skipped_steps)
         self.progress.show(record)
@@ -212,8 +222,12 @@ class Trainer:
         return {"step": self.state["step"], **metrics}
 
     def save(self, eval_record: dict) -> None:
+        window = {part: {k: float(self.world.sum(torch.as_tensor(v))) for k, v in self.interval[part].items()}
+                  for part in ("sums", "counts")}  # summed over ranks; restored on rank 0 alone
         run_state = {"trainer": self.state, "schedule": self.schedule.state_dict(), "world_size": self.world.size,
-                     "precision": self.precision.state_dict(), "data": self.stream.state()}
+                     "precision": self.precision.state_dict(), "data": self.stream.state(),
+                     # the open logging window, so a resumed run logs the same numbers
+                     "log_window": window}
         self.checkpoints.save(self.state["step"], self.state_io, self.optimizers, run_state, eval_record)
 
     def finish(self, last_eval: dict) -> dict:

@@ -1,0 +1,195 @@
+"""A causal 3D-convolution video VAE in the style of Open-Sora-Plan's CausalVAE.
+
+T frames (T = 1 + 4k by default) become 1 + (T-1)/4 latent frames of H/8 × W/8: the first frame
+is encoded on its own (so an image is a one-frame video), later frames four at a time. Sizes
+come from a config dict: a preset (`causal_vae-tiny`, `causal_vae-488`) or a JSON file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..config.errors import ConfigError
+from .causal_vae_blocks import (CausalConv3d, FrameAttention, ResBlock3D, SpatialDownsample, SpatialUpsample,
+                                TimeDownsample, TimeUpsample, norm)
+
+
+@dataclass
+class CausalVAEConfig:
+    in_channels: int = 3
+    base_channels: int = 128
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 4, 4])  # one level each; len-1 spatial ×2 downs
+    temporal_downsample: list[bool] = field(default_factory=lambda: [False, True, True])  # per down step
+    num_res_blocks: int = 2
+    z_channels: int = 4
+    mid_attention: bool = True
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.channel_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
+
+    def latent_frames(self, num_frames: int) -> int:
+        return 1 + (num_frames - 1) // self.temporal_factor
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "CausalVAEConfig":
+        """A preset name (with or without the causal_vae- prefix), a JSON file, or a model folder."""
+        presets = resources.files("ember.presets")
+        for name in (spec, f"causal_vae-{spec}"):
+            if presets.joinpath(f"{name}.json").is_file():
+                return cls.from_dict(json.loads(presets.joinpath(f"{name}.json").read_text()))
+        path = Path(spec)
+        path = path / "config.json" if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(f"model_config '{spec}' is neither a causal_vae preset (causal_vae-tiny, "
+                              f"causal_vae-488) nor a config.json file")
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "CausalVAEConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known - {"model_type"})
+        if unknown:
+            raise ConfigError(f"causal VAE config has unknown keys {unknown}; known: {sorted(known)}")
+        cfg = cls(**{k: v for k, v in raw.items() if k in known})
+        if len(cfg.temporal_downsample) != len(cfg.channel_mult) - 1:
+            raise ConfigError("causal VAE config: temporal_downsample needs one entry per down step "
+                              f"({len(cfg.channel_mult) - 1}), got {len(cfg.temporal_downsample)}")
+        return cfg
+
+
+class DiagonalGaussian:
+    """The posterior q(z|x): a mean and a log-variance per latent element."""
+
+    def __init__(self, moments_b2zthw: torch.Tensor):
+        self.mean, logvar = moments_b2zthw.float().chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * noise
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL(q || N(0, I)) summed over every latent element of each sample: shape (batch,)."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).sum(1)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: CausalVAEConfig):
+        super().__init__()
+        widths = [cfg.base_channels * m for m in cfg.channel_mult]
+        self.conv_in = CausalConv3d(cfg.in_channels, widths[0])
+        self.levels = nn.ModuleList()
+        channels = widths[0]
+        for level, width in enumerate(widths):
+            blocks = []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResBlock3D(channels, width))
+                channels = width
+            if level < len(widths) - 1:
+                blocks.append(SpatialDownsample(channels))
+                if cfg.temporal_downsample[level]:
+                    blocks.append(TimeDownsample(channels))
+            self.levels.append(nn.Sequential(*blocks))
+        self.mid = nn.Sequential(ResBlock3D(channels, channels),
+                                 FrameAttention(channels) if cfg.mid_attention else nn.Identity(),
+                                 ResBlock3D(channels, channels))
+        self.norm_out = norm(channels)
+        self.conv_out = CausalConv3d(channels, 2 * cfg.z_channels)
+
+    def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(x_bcthw)
+        for level in self.levels:
+            h = level(h)
+        h = self.mid(h)
+        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: CausalVAEConfig):
+        super().__init__()
+        widths = [cfg.base_channels * m for m in cfg.channel_mult]
+        channels = widths[-1]
+        self.conv_in = CausalConv3d(cfg.z_channels, channels)
+        self.mid = nn.Sequential(ResBlock3D(channels, channels),
+                                 FrameAttention(channels) if cfg.mid_attention else nn.Identity(),
+                                 ResBlock3D(channels, channels))
+        self.levels = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            blocks = []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResBlock3D(channels, widths[level]))
+                channels = widths[level]
+            if level > 0:
+                blocks.append(SpatialUpsample(channels))
+                if cfg.temporal_downsample[level - 1]:
+                    blocks.append(TimeUpsample(channels))
+            self.levels.append(nn.Sequential(*blocks))
+        self.norm_out = norm(channels)
+        self.conv_out = CausalConv3d(channels, cfg.in_channels)
+
+    def forward(self, z_bzthw: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.conv_in(z_bzthw))
+        for level in self.levels:
+            h = level(h)
+        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+
+
+class CausalVAE(nn.Module):
+    def __init__(self, cfg: CausalVAEConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv3d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+        self.post_quant_conv = nn.Conv3d(cfg.z_channels, cfg.z_channels, 1)
+
+    def check_frames(self, num_frames: int) -> None:
+        step = self.config.temporal_factor
+        if (num_frames - 1) % step:
+            raise ValueError(f"the causal VAE takes 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}, ...), got {num_frames}")
+
+    def encode(self, x_bcthw: torch.Tensor) -> DiagonalGaussian:
+        self.check_frames(x_bcthw.shape[2])
+        return DiagonalGaussian(self.quant_conv(self.encoder(x_bcthw)))
+
+    def decode(self, z_bzthw: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z_bzthw.to(self.post_quant_conv.weight.dtype)))
+
+    def forward(self, x_bcthw: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
+        posterior = self.encode(x_bcthw)
+        z = posterior.sample() if sample else posterior.mode()
+        return self.decode(z), posterior
+
+    def last_layer_weight(self) -> torch.Tensor:
+        """The decoder's output weight: where the adaptive GAN weight compares gradient norms."""
+        return self.decoder.conv_out.conv.weight
+
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps({"model_type": "causal_vae", **asdict(self.config)}, indent=1))
+        tensors = state_dict if state_dict is not None else self.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "CausalVAE":
+        path = Path(path)
+        model = cls(CausalVAEConfig.from_spec(str(path / "config.json")))
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        return model
