@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,9 +14,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
 	touch $(STAMP)
 
+# pretrains the ~4M-parameter demo model into runs/llm_pretrain (the base the sft_* examples start from)
 demo: $(STAMP)
-	$(VENV)/bin/ember train examples/llm_pretrain.yaml output_dir=runs/demo overwrite_output_dir=true
-	$(VENV)/bin/ember generate runs/demo --prompt "The return statement" --max_new_tokens 60
+	$(VENV)/bin/ember train examples/llm_pretrain.yaml overwrite_output_dir=true
+	$(VENV)/bin/ember generate runs/llm_pretrain --prompt "The return statement" --max_new_tokens 60
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -81,9 +81,9 @@ class World:
         """True on every rank if it is true on any (used to fail a save everywhere at once)."""
         if self.size == 1 or not self.active:
             return flag
-        out = [None] * self.size
-        dist.all_gather_object(out, flag, group=self.cpu_group)
-        return any(out)
+        votes = torch.tensor([int(flag)])
+        dist.all_reduce(votes, group=self.cpu_group)  # a CPU tensor on the gloo group: cheap every step
+        return bool(votes.item())
 
     def broadcast(self, obj):
         if self.size == 1 or not self.active:
