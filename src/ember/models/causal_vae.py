@@ -158,6 +158,10 @@ class CausalVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = nn.Conv3d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
         self.post_quant_conv = nn.Conv3d(cfg.z_channels, cfg.z_channels, 1)
+        # start with a narrow posterior (std ≈ 0.05): with a small kl_weight, unit-variance noise
+        # would drown the latents and reconstruction would learn very slowly at first
+        with torch.no_grad():
+            self.quant_conv.bias[cfg.z_channels:].fill_(-6.0)
 
     def check_frames(self, num_frames: int) -> None:
         step = self.config.temporal_factor

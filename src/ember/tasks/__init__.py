@@ -5,7 +5,8 @@ from importlib import import_module
 
 from ..config.errors import ConfigError
 
-TASKS = {"causal_lm": ("ember.tasks.causal_lm", "CausalLMTask")}
+TASKS = {"causal_lm": ("ember.tasks.causal_lm", "CausalLMTask"),
+         "video_vae": ("ember.tasks.video_vae", "VideoVAETask")}
 
 
 def build_task(cfg):

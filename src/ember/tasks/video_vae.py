@@ -1,0 +1,143 @@
+"""Causal video VAE (seed 000, Open-Sora-Plan's train_causalvae.py): reconstruction + KL, and from
+disc_start a 3D PatchGAN whose generator term is weighted adaptively. The VAE and the discriminator
+are two optimizers ("vae" first, so its loss is logged as `loss`; the discriminator's as `loss_disc`).
+
+Loss normalisation: the VAE loss is summed over pixel values and counted in pixel values, i.e. a
+per-pixel mean L1/L2 + kl_weight × KL / pixels — Open-Sora-Plan's per-clip sums divided by the
+pixels of a clip, so kl_weight keeps its meaning. The discriminator's loss is a mean per clip.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config.errors import ConfigError
+from ..data.video import build_video_datasets, collate_clips
+from ..engine.optim import decay_split
+from ..engine.task import Loss
+from ..models.causal_vae import CausalVAE, CausalVAEConfig
+from ..models.discriminator import PatchDiscriminator3D
+from ..models.ema import EMAWeights
+from ..models.video_losses import (adaptive_generator_weight, discriminator_loss, generator_adversarial_loss, psnr,
+                                   reconstruction_sum, ssim)
+from ..models.video_recon import write_reconstructions
+from .video_compile import CompiledForward
+
+log = logging.getLogger("ember")
+
+
+class VideoVAEModel(nn.Module):
+    """What the engine trains and checkpoints: the VAE, its discriminator and the EMA (buffers)."""
+
+    def __init__(self, vae: CausalVAE, discriminator: nn.Module | None, ema: bool):
+        super().__init__()
+        self.vae = vae
+        self.discriminator = discriminator
+        self.ema = EMAWeights(vae) if ema else None
+
+
+class VideoVAETask:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        if cfg.perceptual_weight > 0:
+            raise ConfigError("perceptual_weight > 0 needs an LPIPS network, and none ships with ember nor can be "
+                              "downloaded here (perceptual_weights is not supported yet); set perceptual_weight: 0")
+        self.vae_config = CausalVAEConfig.from_spec(cfg.model_config_)
+        step = self.vae_config.temporal_factor
+        self.num_frames = 1 + (cfg.video_num_frames - 1) // step * step
+        if self.num_frames != cfg.video_num_frames:
+            log.info("video_num_frames %d is not 1 + %dk: clips use %d frames", cfg.video_num_frames, step,
+                     self.num_frames)
+        self.forward = CompiledForward(cfg.mode, cfg.jit_level)
+        self.trained_to = 0  # the step the weights have reached, names the reconstructions
+        self.written_at: int | None = None
+
+    # ---- data and model -----------------------------------------------------------------
+    def build_data(self):
+        train, val = build_video_datasets(self.cfg, self.num_frames)
+        return train, val, collate_clips
+
+    def build_model(self) -> nn.Module:
+        cfg = self.cfg
+        discriminator = (PatchDiscriminator3D(self.vae_config.in_channels, cfg.disc_channels)
+                         if cfg.disc_start >= 0 else None)
+        model = VideoVAEModel(CausalVAE(self.vae_config), discriminator, ema=cfg.ema_decay > 0)
+        sizes = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()
+                 if name != "ema" and part is not None}
+        log.info("causal VAE %s: %s parameters", cfg.model_config_, ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
+        return model
+
+    def param_groups(self, model: VideoVAEModel) -> dict:
+        groups = {"vae": decay_split(model.vae.named_parameters(), self.cfg.weight_decay)}
+        if model.discriminator is not None:
+            lr = {"lr": self.cfg.disc_learning_rate} if self.cfg.disc_learning_rate else {}
+            groups["disc"] = decay_split(model.discriminator.named_parameters(), self.cfg.weight_decay, **lr)
+        return groups
+
+    # ---- one step -----------------------------------------------------------------------
+    def training_step(self, model, batch, step: int) -> dict[str, Loss]:
+        cfg, model = self.cfg, getattr(model, "module", model)  # DDP wraps the model
+        training = step >= 0 and torch.is_grad_enabled()
+        if training:
+            self.trained_to = step + 1
+        x_bcthw = batch["video"].to(model.vae.quant_conv.weight.dtype)
+        recon_bcthw, posterior = self.forward(model.vae, x_bcthw, sample=training)
+        count = x_bcthw.numel()
+        rec_sum = reconstruction_sum(recon_bcthw, x_bcthw, cfg.recon_loss)
+        vae_total = rec_sum + cfg.kl_weight * posterior.kl().sum()
+        losses = {"vae": Loss(vae_total, count)}
+        if not training or model.discriminator is None or step < cfg.disc_start:
+            return losses
+        logits_fake = model.discriminator(recon_bcthw)
+        g_loss = generator_adversarial_loss(logits_fake)
+        d_weight = adaptive_generator_weight(rec_sum / count, g_loss, model.vae.last_layer_weight(), cfg.disc_weight)
+        losses["vae"] = Loss(vae_total + d_weight * g_loss * count, count)
+        # the discriminator sees detached clips: its loss never reaches the VAE
+        d_loss = discriminator_loss(model.discriminator(x_bcthw.detach()),
+                                    model.discriminator(recon_bcthw.detach()), cfg.disc_loss)
+        batch_size = x_bcthw.shape[0]
+        losses["disc"] = Loss(d_loss * batch_size, batch_size)
+        return losses
+
+    def after_optimizer_step(self, model, step: int) -> None:
+        model = getattr(model, "module", model)
+        if model.ema is not None:
+            model.ema.update(model.vae, self.cfg.ema_decay)
+
+    # ---- evaluation ---------------------------------------------------------------------
+    def eval_metrics(self, model, batch) -> dict[str, float]:
+        model = getattr(model, "module", model)
+        x_bcthw = batch["video"].to(model.vae.quant_conv.weight.dtype)
+        recon_bcthw, _ = model.vae(x_bcthw, sample=False)
+        metrics = {"psnr": psnr(recon_bcthw, x_bcthw).item(), "ssim": ssim(recon_bcthw, x_bcthw).item()}
+        if model.ema is not None:
+            with model.ema.applied(model.vae):
+                recon_bcthw, _ = model.vae(x_bcthw, sample=False)
+            metrics.update(ema_psnr=psnr(recon_bcthw, x_bcthw).item(), ema_ssim=ssim(recon_bcthw, x_bcthw).item())
+        self._maybe_write(x_bcthw, recon_bcthw)
+        return metrics
+
+    def _maybe_write(self, x_bcthw: torch.Tensor, recon_bcthw: torch.Tensor) -> None:
+        """The first clips of each evaluation (EMA reconstructions when EMA is on), on the main rank."""
+        main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        if not main or self.cfg.num_recon_clips == 0 or self.written_at == self.trained_to:
+            return
+        self.written_at = self.trained_to
+        n = self.cfg.num_recon_clips
+        write_reconstructions(Path(self.cfg.output_dir) / "reconstructions", f"step-{self.trained_to:06d}",
+                              x_bcthw[:n], recon_bcthw[:n])
+
+    # ---- export -------------------------------------------------------------------------
+    def export(self, model, path: str, state_dict: dict | None = None) -> None:
+        """A folder CausalVAE.from_pretrained reads: config.json + model.safetensors (EMA weights when on)."""
+        model = getattr(model, "module", model)
+        if model.ema is not None:
+            vae_state = model.ema.state_for(model.vae)
+        elif state_dict is not None:
+            vae_state = {k[len("vae."):]: v for k, v in state_dict.items() if k.startswith("vae.")}
+        else:
+            vae_state = model.vae.state_dict()
+        model.vae.save_pretrained(path, state_dict=vae_state)
