@@ -51,7 +51,12 @@ class World:
             return
         backend = "nccl" if device.type == "cuda" else "gloo"
         if under_torchrun():
-            dist.init_process_group(backend, timeout=self.timeout)
+            # torchrun keeps one store across restarts; a per-attempt prefix stops a restarted
+            # rank from reading the addresses the failed attempt left there
+            store, _, _ = next(dist.rendezvous("env://", self.rank, self.size, timeout=self.timeout))
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"ember/attempt_{attempt}/", store)
+            dist.init_process_group(backend, store=store, rank=self.rank, world_size=self.size, timeout=self.timeout)
         else:  # a one-process group so FSDP and DCP run the same code path
             dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
                                     timeout=self.timeout)

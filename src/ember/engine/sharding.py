@@ -21,7 +21,7 @@ def shard_model(model: nn.Module, precision, cpu_offload: bool) -> nn.Module:
     compute = precision.autocast_dtype or precision.param_dtype
     options = {"mp_policy": MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)}
     if cpu_offload:
-        options["offload_policy"] = CPUOffloadPolicy()
+        options["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())  # pinning needs a GPU
     for block in transformer_blocks(model):
         fully_shard(block, **options)
     fully_shard(model, **options)

@@ -71,4 +71,8 @@ class StateIO:
             return None
         _, sd = _dcp()
         options = sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return sd.get_model_state_dict(self.raw, options=options)
+        full = sd.get_model_state_dict(self.raw, options=options)
+        # gathered tied weights come back as separate copies: keep one name per tensor, as
+        # named_parameters() does, so the export matches a single-process one
+        keep = {n for n, _ in self.raw.named_parameters()} | {n for n, _ in self.raw.named_buffers()}
+        return {name: tensor for name, tensor in full.items() if name in keep}

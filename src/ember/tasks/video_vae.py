@@ -9,6 +9,7 @@ pixels of a clip, so kl_weight keeps its meaning. The discriminator's loss is a 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -42,6 +43,10 @@ class VideoVAEModel(nn.Module):
 class VideoVAETask:
     def __init__(self, cfg):
         self.cfg = cfg
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # training_step calls the VAE and the discriminator directly, past DDP's hooks, so
+            # gradients would not be synchronised: refuse rather than train each rank apart
+            raise ConfigError("task video_vae runs on one process for now; drop nproc_per_node / torchrun")
         if cfg.perceptual_weight > 0:
             raise ConfigError("perceptual_weight > 0 needs an LPIPS network, and none ships with ember nor can be "
                               "downloaded here (perceptual_weights is not supported yet); set perceptual_weight: 0")
