@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from .schema_base import Group
 
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
     "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "warmup_stable_decay",
 )
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
-
-
-from .schema_base import Group
 
 
 class TaskGroup(Group):

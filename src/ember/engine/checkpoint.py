@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 MARKER = "COMPLETE"
 PREFIX = "checkpoint-"

@@ -20,9 +20,11 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
     """Forward/backward every micro-batch of the window, then step each optimizer once.
 
     Each micro-batch's summed loss is divided by a provisional reference (the first
-    micro-batch's item count × window length) so gradients keep a sane magnitude; once every
+    micro-batch's item count, averaged over ranks, × window length) so gradients keep a sane
+    magnitude; once every
     count is known, gradients are rescaled by reference / total, which makes the step exactly
-    that of one batch holding every item of the window (over all ranks). No host sync here.
+    that of one batch holding every item of the window (over all ranks). No host sync here
+    (but under FSDP, whose DTensor gradients take a plain float).
     Several optimizers (a GAN's generator and discriminator) each get gradients only from
     their own loss.
     """
