@@ -86,3 +86,23 @@ def read_metrics(output_dir) -> list[dict]:
 def _quiet_logs():
     logging.getLogger("ember").setLevel(logging.WARNING)
     yield
+
+
+class CrashAt:
+    """Wraps a task: raises in the training step that would complete step `step` (a crash)."""
+
+    def __init__(self, task, step: int):
+        self.task, self.step = task, step
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def training_step(self, model, batch, step):
+        if step + 1 == self.step:
+            raise RuntimeError("simulated crash")
+        return self.task.training_step(model, batch, step)
+
+
+# tests/engine/multiprocess_helpers.py holds assertions shared by test modules; rewrite them as
+# pytest rewrites the test modules' own (it must be registered before it is first imported)
+pytest.register_assert_rewrite("multiprocess_helpers")

@@ -27,16 +27,12 @@ evaluation batch fewer than rank 0.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ember.config import build_config
 from ember.engine.checkpoint import is_complete
@@ -46,18 +42,12 @@ from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
 from conftest import read_metrics
+from multiprocess_helpers import (CUTOFF, GLOBAL_BATCH, LAUNCH_VARS, STEPS, as_args, assert_ran, assert_same_curve,
+                                  assert_same_weights, clean_env, run_logged, uneven_base)
 
-CUTOFF = 48
-GLOBAL_BATCH = 8
-STEPS = 8
 ACCUM_STEPS = 6
 KILL_AT = 6
-REL = 1e-5  # per-step metrics, relative
-WEIGHT_TOL = 1e-5  # final weights, absolute
-TIMEOUT = 300
 EMBER = str(Path(sys.executable).parent / "ember")
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-               "MASTER_PORT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "TORCHELASTIC_RESTART_COUNT")
 
 KILL_HOOK = textwrap.dedent('''
     # test-only: rank EMBER_TEST_KILL_RANK SIGKILLs itself after optimizer step EMBER_TEST_KILL_AT,
@@ -88,58 +78,9 @@ KILL_HOOK = textwrap.dedent('''
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def base_config(corpus_dir, tokenizer_dir) -> dict:
-    return dict(model_config="llama-tiny", tokenizer_name_or_path=str(tokenizer_dir), dataset="tiny_text",
-                dataset_dir=str(corpus_dir), cutoff_len=CUTOFF, val_size=4, logging_steps=1, eval_steps=4,
-                save_steps=4, max_steps=STEPS, seed=7, optim="sgd", momentum=0.9, learning_rate=0.5,
-                disable_tqdm=True, plot_loss=True)
-
-
-def choose_data(base: dict, probe_dir: Path) -> dict:
-    """max_samples giving an even number of train blocks that the global batch 8 does not divide,
-    more than 4 and fewer than 8 batches' worth (checkpoint-4 lands mid-epoch, the run crosses an
-    epoch end), with a short last block; and an odd number of validation blocks."""
-    for max_samples in range(20, 60):
-        cfg = build_config({**base, "max_samples": max_samples, "output_dir": str(probe_dir)})
-        train, val, _ = build_task(cfg).build_data()
-        n, v = len(train), len(val) if val is not None else 0
-        if n % 2 == 0 and n % GLOBAL_BATCH and 4 * GLOBAL_BATCH < n < GLOBAL_BATCH * STEPS \
-                and len(train[n - 1]) < CUTOFF and v % 2 and v >= 3:
-            return {"max_samples": max_samples, "blocks": n, "val_blocks": v, "tail": len(train[n - 1])}
-    raise AssertionError("no max_samples gives the uneven data these tests need")
-
-
-def as_args(cfg: dict) -> list[str]:
-    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in cfg.items()]
-
-
-def clean_env(hook: Path | None = None, **extra) -> dict:
-    """This environment without launch variables; `hook` (a folder with a sitecustomize
-    module) goes first on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("EMBER_TEST")}
-    env["HF_HUB_OFFLINE"] = "1"
-    if hook is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
-
-
-def run_logged(command: list[str], log: Path, env: dict, timeout: float = TIMEOUT) -> tuple[int | None, str]:
-    """Run to the end, killing the whole process group on a hang (exit code None)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
-    return rc, log.read_text()
-
-
 def run_ok(command: list[str], log: Path, env: dict) -> str:
     rc, text = run_logged(command, log, env)
-    assert rc == 0, f"{'hung' if rc is None else f'exit code {rc}'}; log tail:\n{text[-4000:]}"
+    assert_ran(rc, text)
     return text
 
 
@@ -150,36 +91,11 @@ def train_here(cfg_dict: dict) -> Trainer:
     return trainer
 
 
-def curve(output_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in read_metrics(output_dir)]
-
-
-def assert_same_curve(got_dir, want_dir) -> None:
-    got, want = curve(got_dir), curve(want_dir)
-    assert [r["step"] for r in got] == [r["step"] for r in want], "logged steps differ"
-    for g, w in zip(got, want):
-        assert g.keys() == w.keys(), f"step {w['step']}: keys {sorted(g)} != {sorted(w)}"
-        for key in w:
-            assert g[key] == pytest.approx(w[key], rel=REL, abs=1e-9), \
-                f"step {w['step']} {key}: {g[key]!r} vs {w[key]!r}"
-
-
-def assert_same_weights(got_dir, want_dir) -> None:
-    got = load_file(str(Path(got_dir) / "model.safetensors"))
-    want = load_file(str(Path(want_dir) / "model.safetensors"))
-    assert got.keys() == want.keys()
-    gaps = {k: (got[k] - want[k]).abs().max().item() for k in want}
-    worst = max(gaps, key=gaps.get)
-    assert gaps[worst] < WEIGHT_TOL, f"{worst} differs by {gaps[worst]:.2e}"
-
-
 # ---- the runs ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus_dir, tokenizer_dir):
     tmp = tmp_path_factory.mktemp("ddp")
-    base = base_config(corpus_dir, tokenizer_dir)
-    data = choose_data(base, tmp / "probe")
-    base["max_samples"] = data["max_samples"]
+    base, data = uneven_base(corpus_dir, tokenizer_dir, tmp / "probe")
     eval_batch = data["val_blocks"] // 2  # rank 0 holds one block more: 2 evaluation batches, rank 1 one
     single = {**base, "per_device_eval_batch_size": 2 * eval_batch}
     double = {**base, "per_device_train_batch_size": GLOBAL_BATCH // 2, "per_device_eval_batch_size": eval_batch}

@@ -26,34 +26,25 @@ shards (DTensor.to_local()) of every parameter and every optimizer-state tensor.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from ember.config import build_config
 from ember.engine.checkpoint import is_complete
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
+import multiprocess_helpers as shared
 from conftest import read_metrics
+from multiprocess_helpers import (CUTOFF, GLOBAL_BATCH, STEPS, WEIGHT_TOL, as_args, assert_ran, clean_env,
+                                  run_logged, uneven_base, weights)
 
-CUTOFF = 48
-GLOBAL_BATCH = 8
-STEPS = 8
-REL = 1e-5  # per-step metrics, relative
-WEIGHT_TOL = 1e-5  # final weights, absolute
-TIMEOUT = 300
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "MASTER_ADDR",
-               "MASTER_PORT", "NPROC_PER_NODE", "NNODES", "NODE_RANK", "TORCHELASTIC_RESTART_COUNT")
 
 SIZES_HOOK = textwrap.dedent('''
     # test-only: each torchrun worker records its local parameter / optimizer-state bytes
@@ -84,59 +75,6 @@ SIZES_HOOK = textwrap.dedent('''
 
 
 # ---- helpers ----------------------------------------------------------------------------
-def base_config(corpus_dir, tokenizer_dir) -> dict:
-    return dict(model_config="llama-tiny", tokenizer_name_or_path=str(tokenizer_dir), dataset="tiny_text",
-                dataset_dir=str(corpus_dir), cutoff_len=CUTOFF, val_size=4, logging_steps=1, eval_steps=4,
-                save_steps=4, max_steps=STEPS, seed=7, optim="sgd", momentum=0.9, learning_rate=0.5,
-                disable_tqdm=True, plot_loss=True)
-
-
-def choose_data(base: dict, probe_dir: Path) -> dict:
-    """max_samples giving an even number of train blocks, not a multiple of 8, more than 4 and
-    fewer than 8 batches' worth (checkpoint-4 lands mid-epoch, the run crosses an epoch end),
-    with a short last one; and an odd number of validation blocks."""
-    for max_samples in range(20, 60):
-        cfg = build_config({**base, "max_samples": max_samples, "output_dir": str(probe_dir)})
-        train, val, _ = build_task(cfg).build_data()
-        n, v = len(train), len(val) if val is not None else 0
-        if n % 2 == 0 and n % GLOBAL_BATCH and 4 * GLOBAL_BATCH < n < GLOBAL_BATCH * STEPS and len(train[n - 1]) < CUTOFF \
-                and v % 2 and v >= 3:
-            return {"max_samples": max_samples, "blocks": n, "val_blocks": v, "tail": len(train[n - 1])}
-    raise AssertionError("no max_samples gives the uneven data these tests need")
-
-
-def as_args(cfg: dict) -> list[str]:
-    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in cfg.items()]
-
-
-def clean_env(hook: Path | None = None, **extra) -> dict:
-    """This environment without launch variables; `hook` (a folder with a sitecustomize
-    module) goes first on PYTHONPATH."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith("EMBER_TEST")}
-    env["HF_HUB_OFFLINE"] = "1"
-    if hook is not None:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
-    env.update(extra)
-    return env
-
-
-def run_logged(command: list[str], log: Path, env: dict) -> tuple[int | None, str]:
-    """Run to the end, killing the whole process group on a hang (exit code None)."""
-    with log.open("w") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            rc = None
-    return rc, log.read_text()
-
-
-def assert_ran(rc: int | None, log: str) -> None:
-    assert rc == 0, f"{'hung' if rc is None else f'exit code {rc}'}; log tail:\n{log[-4000:]}"
-
-
 def torchrun_train(cfg: dict, log: Path, **env) -> tuple[int | None, str]:
     return run_logged([*TORCHRUN, "-m", "ember", "train", *as_args(cfg)], log, clean_env(**env))
 
@@ -178,33 +116,14 @@ def interrupted_copy(src: Path, dst: Path, checkpoint: int = 4, killed_after: in
     return dst
 
 
-def curve(output_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in read_metrics(output_dir)]
-
-
 def assert_same_curve(got_dir, want_dir) -> None:
-    got, want = curve(got_dir), curve(want_dir)
-    assert [r["step"] for r in got] == [r["step"] for r in want], "logged steps differ"
-    for g, w in zip(got, want):
-        assert g.keys() == w.keys(), f"step {w['step']}: keys {sorted(g)} != {sorted(w)}"
-        for key in w:
-            assert g[key] == pytest.approx(w[key], rel=REL, abs=1e-9), \
-                f"step {w['step']} {key}: {g[key]!r} vs single-process {w[key]!r}"
-
-
-def weights(output_dir) -> dict[str, torch.Tensor]:
-    return load_file(str(Path(output_dir) / "model.safetensors"))
+    """The shared check; failure messages call the wanted run "single-process"."""
+    shared.assert_same_curve(got_dir, want_dir, want_name="single-process")
 
 
 def assert_same_weights(got_dir, want_dir) -> None:
-    """Every tensor both exports hold is equal within WEIGHT_TOL, and one export's tensors are a
-    subset of the other's (whether tied weights are stored twice is checked on its own)."""
-    got, want = weights(got_dir), weights(want_dir)
-    common = set(got) & set(want)
-    assert common in (set(got), set(want)), f"exports differ: {sorted(set(got) ^ set(want))}"
-    gaps = {k: (got[k].float() - want[k].float()).abs().max().item() for k in common}
-    worst = max(gaps, key=gaps.get)
-    assert gaps[worst] < WEIGHT_TOL, f"{worst} differs by {gaps[worst]:.2e}"
+    """Tied weights may be stored in one export only; that is checked on its own."""
+    shared.assert_same_weights(got_dir, want_dir, same_names=False)
 
 
 def optimizer_and_param_bytes(trainer: Trainer) -> int:
@@ -222,9 +141,7 @@ def optimizer_and_param_bytes(trainer: Trainer) -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, corpus_dir, tokenizer_dir):
     tmp = tmp_path_factory.mktemp("fsdp")
-    base = base_config(corpus_dir, tokenizer_dir)
-    data = choose_data(base, tmp / "probe")
-    base["max_samples"] = data["max_samples"]
+    base, data = uneven_base(corpus_dir, tokenizer_dir, tmp / "probe")
     eval_batch = data["val_blocks"] // 2  # rank 0 holds one block more: 2 evaluation batches, rank 1 one
     single = {**base, "per_device_train_batch_size": GLOBAL_BATCH, "per_device_eval_batch_size": 2 * eval_batch}
     double = {**base, "per_device_train_batch_size": GLOBAL_BATCH // 2, "per_device_eval_batch_size": eval_batch,

@@ -32,26 +32,11 @@ from ember.engine.checkpoint import is_complete
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
-from conftest import read_metrics
+from conftest import CrashAt, read_metrics
 
 SMALL = dict(cutoff_len=32, per_device_train_batch_size=4, max_samples=12, logging_steps=1,
              learning_rate=1e-3, max_steps=12, save_steps=4)
 EMBER = str(Path(sys.executable).parent / "ember")
-
-
-class CrashAt:
-    """Wraps a task: raises in the training step that would complete step `step` (a crash)."""
-
-    def __init__(self, task, step: int):
-        self.task, self.step = task, step
-
-    def __getattr__(self, name):
-        return getattr(self.task, name)
-
-    def training_step(self, model, batch, step):
-        if step + 1 == self.step:
-            raise RuntimeError("simulated crash")
-        return self.task.training_step(model, batch, step)
 
 
 def crash(cfg, step: int) -> None:

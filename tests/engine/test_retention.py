@@ -19,7 +19,7 @@ from ember.engine.checkpoint import is_complete
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
-from conftest import read_metrics
+from conftest import CrashAt, read_metrics
 
 SMALL = dict(cutoff_len=32, per_device_train_batch_size=4, max_samples=40, logging_steps=1)
 # Evaluate and save every 2 steps; warm up over 8 steps to an LR that makes the run diverge.
@@ -162,21 +162,6 @@ def test_load_best_model_at_end_exports_the_best_checkpoint(make_config, tmp_pat
     for name in shared:
         assert torch.equal(exported[name], kept[name]), name
     assert any(not torch.equal(exported[n], last[n]) for n in shared), "the export holds the last step's weights"
-
-
-class CrashAt:
-    """Wraps a task: raises in the training step that would complete step `step` (a crash)."""
-
-    def __init__(self, task, step: int):
-        self.task, self.step = task, step
-
-    def __getattr__(self, name):
-        return getattr(self.task, name)
-
-    def training_step(self, model, batch, step):
-        if step + 1 == self.step:
-            raise RuntimeError("simulated crash")
-        return self.task.training_step(model, batch, step)
 
 
 def test_best_is_remembered_across_a_resume(make_config, train, tmp_path):
