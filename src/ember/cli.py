@@ -77,16 +77,13 @@ def _generate(args: list[str]) -> int:
 
 
 def _export(args: list[str]) -> int:
-    from .config.parse import parse_overrides, read_yaml
+    from .config.parse import read_sources
     from .export import export_merged, parse_export_config
     if "--help" in args or "-h" in args:
         print("usage: ember export [CONFIG.yaml] --model_name_or_path BASE --adapter_name_or_path ADAPTER "
               "--export_dir OUT [--export_size GB]\nmerges a LoRA/QLoRA adapter into its base and writes an HF model")
         return 0
-    raw = {}
-    if args and not args[0].startswith("-") and "=" not in args[0]:
-        raw, args = read_yaml(args[0]), args[1:]
-    raw.update(parse_overrides(args))
+    raw = {key: value for source in read_sources(args) for key, value in source.items()}
     out = export_merged(parse_export_config(raw))
     print(f"wrote the merged model to {out}")
     return 0

@@ -10,18 +10,13 @@ from .aliases import ALIASES, expand_aliases
 from .checks import check_consistency
 from .errors import ConfigError
 from .foreign import take_foreign_keys
-from .parse import parse_overrides, read_yaml
+from .parse import read_sources
 from .schema import TrainConfig, field_names
 
 
 def load_config(args: list[str]) -> TrainConfig:
     """`[CONFIG.yaml] [key=value | --key value ...]` → a validated config, or ConfigError."""
-    sources: list[dict[str, Any]] = []
-    if args and not args[0].startswith("-") and "=" not in args[0]:
-        sources.append(read_yaml(args[0]))
-        args = args[1:]
-    sources.append(parse_overrides(args))
-    return build_config(*sources)
+    return build_config(*read_sources(args))
 
 
 def build_config(*sources: dict[str, Any]) -> TrainConfig:

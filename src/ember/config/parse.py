@@ -95,3 +95,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
             del out[key]
             out[key[3:]] = False
     return out
+
+
+def read_sources(args: list[str]) -> list[dict[str, Any]]:
+    """`[CONFIG.yaml] [key=value | --key value ...]` → the YAML's keys, then the overrides."""
+    sources: list[dict[str, Any]] = []
+    if args and not args[0].startswith("-") and "=" not in args[0]:
+        sources.append(read_yaml(args[0]))
+        args = args[1:]
+    sources.append(parse_overrides(args))
+    return sources
