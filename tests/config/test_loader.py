@@ -149,7 +149,21 @@ ALIAS_CASES = {
     "precision": ("bf16", {"bf16": True, "fp16": False, "pure_bf16": False}, {}),
     "clip_grad": (False, {"max_grad_norm": 0.0}, {}),
     "neat_packing": (True, {"packing": True}, {"stage": "sft"}),
+    "log_wandb": (True, {"report_to": "wandb"}, {}),
+    "train_dataset_path": ("tiny_text", {"dataset": "tiny_text"}, {}),  # see the test below
 }
+
+
+def test_train_dataset_path_is_the_dataset():
+    cfg = build_config({k: v for k, v in MINIMAL.items() if k != "dataset"} | {"train_dataset_path": "other_text"})
+    assert cfg.dataset == "other_text"
+
+
+def test_no_log_wandb_turns_tracking_off(tmp_path):
+    # nanoVLM's flag: --no_log_wandb on the command line overrides a YAML's tracker
+    path = tmp_path / "run.yaml"
+    path.write_text("model_config: llama-tiny\ndataset: tiny_text\nreport_to: wandb\n")
+    assert load_config([str(path), "--no_log_wandb"]).report_to == "none"
 
 
 def test_every_alias_has_a_case_here():

@@ -207,3 +207,26 @@ def test_schedule_state_round_trips():
         resumed.step()
         rest.append(resumed.current_lr())
     assert rest == pytest.approx(full[17:], rel=1e-12)
+
+
+def nanovlm_get_lr(it: int, max_lr: float, max_steps: int) -> float:
+    """Seed 001's get_lr, written out from the seed's text as the reference."""
+    min_lr = max_lr * 0.1
+    warmup_steps = max_steps * 0.03
+    if it < warmup_steps:
+        return max_lr * (it + 1) / warmup_steps
+    if it > max_steps:
+        return min_lr
+    decay_ratio = (it - warmup_steps) / (max_steps - warmup_steps)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (max_lr - min_lr)
+
+
+@pytest.mark.parametrize("total", [40, 200])
+def test_nanovlm_schedule_is_the_seeds_get_lr_for_every_component(total):
+    # three param groups with nanoVLM's per-component peaks each follow the curve at their own scale
+    peaks = (0.00512, 5e-5, 1e-4)
+    curve = ember_curve(schedule_cfg(lr_scheduler_type="nanovlm"), total, *peaks)
+    for step, lrs in enumerate(curve):
+        for lr, peak in zip(lrs, peaks):
+            assert lr == pytest.approx(nanovlm_get_lr(step, peak, total), rel=1e-12), (step, peak)

@@ -31,6 +31,12 @@ def _precision(value: Any) -> dict:
     return {flag: flag == chosen[key] for flag in ("fp16", "bf16", "pure_bf16")}
 
 
+def _log_wandb(value: Any) -> dict:
+    from .parse import as_bool
+    # nanoVLM's --log_wandb / --no_log_wandb: wandb, or no tracker besides metrics.jsonl
+    return {"report_to": "wandb" if as_bool("log_wandb", value) else "none"}
+
+
 def _clip_grad(value: Any) -> dict:
     from .parse import as_bool
     return {"max_grad_norm": 1.0 if as_bool("clip_grad", value) else 0.0}
@@ -46,6 +52,8 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
     "betas": _betas,
     "precision": _precision,
     "clip_grad": _clip_grad,
+    "log_wandb": _log_wandb,
+    "train_dataset_path": _rename("dataset"),
     "neat_packing": lambda value: {"packing": value},  # ember's packing is always neat (isolated)
 }
 

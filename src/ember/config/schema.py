@@ -14,7 +14,7 @@ from .schema_base import Group
 
 SCHEDULERS = (
     "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
-    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "warmup_stable_decay",
+    "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "warmup_stable_decay", "nanovlm",
 )
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
 
@@ -71,7 +71,7 @@ class OptimGroup(Group):
 
 class ScheduleGroup(Group):
     """Learning-rate schedule"""
-    lr_scheduler_type: Literal[SCHEDULERS] = Field("linear", description="shape of the learning rate over training")  # type: ignore[valid-type]
+    lr_scheduler_type: Literal[SCHEDULERS] = Field("linear", description="shape of the learning rate over training; nanovlm = warmup over 3% of steps, cosine to 10% of the peak")  # type: ignore[valid-type]
     warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 (wins over warmup_ratio)")
     warmup_ratio: float = Field(0.0, ge=0, le=1, description="warmup as a fraction of all steps")
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of decaying schedules, as a fraction of the peak")
@@ -98,6 +98,7 @@ class EvalGroup(Group):
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps (default: logging_steps)")
     eval_on_start: bool = Field(False, description="evaluate once before the first step (shows where the loss started)")
     max_eval_batches: int | None = Field(None, gt=0, description="cap on batches per evaluation")
+    eval_command: str | None = Field(None, description="shell command run in the background on every saved checkpoint ({checkpoint}, {step}, {output} are filled in); the JSON it writes to {output} or prints as its last JSON line is logged as external/* at that checkpoint's step")
 
 
 class OutputGroup(Group):
@@ -107,8 +108,8 @@ class OutputGroup(Group):
     logging_steps: int = Field(10, gt=0, description="log metrics every N steps")
     save_steps: int = Field(500, ge=0, description="write a checkpoint every N steps; 0 = only the final model")
     plot_loss: bool = Field(False, description="write training_loss.png (and training_eval_loss.png)")
-    report_to: Literal["none", "tensorboard"] = Field("none", description="metrics backend besides metrics.jsonl")
-    run_name: str | None = Field(None, description="name of the run in logs and trackers")
+    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="metrics backend besides metrics.jsonl; wandb runs offline (synced later with `wandb sync`) unless WANDB_API_KEY or WANDB_MODE say otherwise")
+    run_name: str | None = Field(None, description="name of the run in logs and trackers (default: built from the model, batch, steps, learning rates and date)")
     disable_tqdm: bool = Field(False, description="plain log lines instead of a progress bar")
 
 
@@ -161,10 +162,11 @@ class DistributedGroup(Group):
 
 
 from .video_keys import VideoGroup  # noqa: E402  (a task's own keys live beside its task)
+from .vlm_keys import VLMGroup  # noqa: E402
 
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup, DistributedGroup, VideoGroup,
+    FinetuneGroup, DistributedGroup, VideoGroup, VLMGroup,
 )
 
 

@@ -28,6 +28,7 @@ class CheckpointManager:
         self.greater = cfg.greater_is_better if cfg.greater_is_better is not None else not self.metric.endswith("loss")
         self.best_metric: float | None = None
         self.best_step: int | None = None
+        self.busy_steps = lambda: frozenset()  # checkpoints an external evaluation still reads
         if world.is_main:
             for leftover in root.glob(f"{TMP_PREFIX}*"):  # saves cut short by a kill; never resumed from
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -54,7 +55,7 @@ class CheckpointManager:
                   "metrics": {k: v for k, v in eval_record.items() if k != "step"}, "is_best": is_best}
         with (self.root / "checkpoints.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")
-        for gone in prune(self.root, self.cfg.save_total_limit, self.best_step):
+        for gone in prune(self.root, self.cfg.save_total_limit, self.best_step, frozenset(self.busy_steps())):
             log.info("deleted %s (save_total_limit %d)", gone.name, self.cfg.save_total_limit)
 
     def state_dict(self) -> dict:

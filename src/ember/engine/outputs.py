@@ -11,7 +11,7 @@ from .checkpoint import MARKER, PREFIX
 
 # What ember itself writes at the top of output_dir and so may clear on overwrite_output_dir.
 OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "training_eval_loss.png", "config.yaml")
-OWN_DIRS = ("tensorboard",)
+OWN_DIRS = ("tensorboard", "wandb", "eval_results")
 
 
 def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: bool = False) -> Path:

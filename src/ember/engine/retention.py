@@ -19,11 +19,12 @@ def is_better(value: float, best: float | None, greater_is_better: bool) -> bool
     return best is None or (value > best if greater_is_better else value < best)
 
 
-def prune(output_dir: str | Path, limit: int | None, best_step: int | None) -> list[Path]:
+def prune(output_dir: str | Path, limit: int | None, best_step: int | None, busy: frozenset[int] = frozenset()) -> list[Path]:
+    """Delete the old checkpoints beyond limit; `busy` ones (being evaluated externally) wait."""
     if not limit:
         return []
     complete = complete_checkpoints(output_dir)
-    doomed = [p for p in complete[:-limit] if step_of(p) != best_step]
+    doomed = [p for p in complete[:-limit] if step_of(p) != best_step and step_of(p) not in busy]
     for path in doomed:
         shutil.rmtree(path)
     return doomed

@@ -79,8 +79,20 @@ def schedule_fn(name: str, total: int, warmup: int, *, min_lr_ratio: float = 0.0
             return with_floor(max(0.0, 0.5 * (1.0 + math.cos(math.pi * cycles * 2.0 * p))))
         return floor
 
+    def nanovlm(step):
+        # nanoVLM's get_lr: warmup over 3% of the steps counting the current one, then cosine to
+        # 10% of the peak (unless warmup/min_lr_ratio are set), held there past the end
+        ramp = warmup if warmup > 0 else 0.03 * total
+        low = min_lr_ratio if min_lr_ratio > 0 else 0.1
+        if step < ramp:
+            return (step + 1) / ramp
+        if step > total:
+            return low
+        ratio = (step - ramp) / max(1e-9, total - ramp)
+        return low + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1 - low)
+
     table = {
-        "linear": linear, "cosine": cosine, "cosine_with_restarts": cosine_with_restarts,
+        "nanovlm": nanovlm, "linear": linear, "cosine": cosine, "cosine_with_restarts": cosine_with_restarts,
         "polynomial": polynomial, "constant": constant, "constant_with_warmup": constant_with_warmup,
         "inverse_sqrt": inverse_sqrt, "warmup_stable_decay": warmup_stable_decay,
         "reduce_lr_on_plateau": constant_with_warmup,  # the plateau cuts are applied on top

@@ -3,35 +3,66 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
+
+from ..config.errors import ConfigError
 
 log = logging.getLogger("ember")
 
 
 class MetricsLog:
-    def __init__(self, output_dir: str, report_to: str, enabled: bool = True):
+    def __init__(self, cfg, enabled: bool = True):
         self.enabled = enabled
-        self.path = Path(output_dir) / "metrics.jsonl"
-        self.tb = None
-        if enabled and report_to == "tensorboard":
+        self.path = Path(cfg.output_dir) / "metrics.jsonl"
+        self.tb = self.wandb = None
+        if enabled and cfg.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
+            self.tb = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard"))
+        if enabled and cfg.report_to == "wandb":
+            self.wandb = start_wandb(cfg)
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
         if self.tb is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, record["step"])
+            for key, value in numbers.items():
+                self.tb.add_scalar(key, value, record["step"])
+        if self.wandb is not None:
+            external = {k: v for k, v in numbers.items() if k.startswith("external/")}
+            if external:  # an earlier checkpoint's results: on their own axis, wandb steps only go forward
+                self.wandb.log({**external, "external_step": record["step"]})
+            rest = {k: v for k, v in numbers.items() if k not in external}
+            if rest:
+                self.wandb.log(rest, step=record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def start_wandb(cfg):
+    """A wandb run under output_dir. Offline unless the user has set WANDB_MODE or an API key:
+    no machine here reaches wandb.ai, and a training run must never wait on a login prompt."""
+    try:
+        import wandb
+    except ImportError:
+        raise ConfigError("report_to wandb needs the wandb package: pip install wandb") from None
+    mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ember"), name=cfg.run_name, dir=cfg.output_dir,
+                     config=cfg.to_dict(), mode=mode)
+    run.define_metric("external_step")
+    run.define_metric("external/*", step_metric="external_step")
+    if mode == "offline":
+        log.info("wandb is offline; upload later with: wandb sync %s", run.dir.rsplit("/files", 1)[0])
+    return run
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -12,11 +12,13 @@ import time
 
 import torch
 
+from ..config.run_name import auto_run_name
 from ..data.sampling import BatchStream
 from .checkpoint import set_rng_state
 from .checkpoints import CheckpointManager
 from .distributed import World
 from .evaluation import Evaluator
+from .external_eval import ExternalEval
 from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
@@ -49,6 +51,8 @@ class Trainer:
         self.root = prepare_output_dir(cfg, resuming=resume is not None, is_main=world.is_main,
                                        fresh_start=resume is None and wants_resume(cfg))
         world.barrier()
+        if cfg.run_name is None:  # rank 0's name, so every rank (and tracker) agrees
+            cfg.run_name = world.broadcast(auto_run_name(cfg, world.size, self.device.type))
         if world.is_main:
             write_config(cfg, self.root)
         seed_everything(cfg.seed)
@@ -76,9 +80,12 @@ class Trainer:
         self.eval_every = cfg.eval_steps or cfg.logging_steps
         self.schedule = LRSchedule(self.optimizers, cfg, self.total_steps)
         self.checkpoints = CheckpointManager(cfg, self.root, world)
+        self.external_eval = ExternalEval(cfg.eval_command, self.root) if cfg.eval_command and world.is_main else None
+        if self.external_eval is not None:
+            self.checkpoints.busy_steps = lambda: self.external_eval.busy_steps
         if resume is not None:
             self._resume(*resume)
-        self.metrics = MetricsLog(cfg.output_dir, cfg.report_to, enabled=world.is_main)
+        self.metrics = MetricsLog(cfg, enabled=world.is_main)
         self.progress = Progress(self.total_steps, self.state["step"], cfg.disable_tqdm, enabled=world.is_main)
         if world.size > 1:
             log.info("rank %d of %d, %s on %s", world.rank, world.size, world.strategy, self.device)
@@ -154,6 +161,7 @@ class Trainer:
             if step % cfg.logging_steps == 0 or step == self.total_steps:
                 record = self.train_metrics(interval, grad_norms, lr)
                 interval = self.interval = self._new_interval()
+                self._log_external(self.external_eval.poll() if self.external_eval else [])
             if self._should_evaluate(step):
                 last_eval = self.evaluate()
                 record.update(last_eval)
@@ -228,7 +236,15 @@ class Trainer:
                      "precision": self.precision.state_dict(), "data": self.stream.state(),
                      # the open logging window, so a resumed run logs the same numbers
                      "log_window": window}
-        self.checkpoints.save(self.state["step"], self.state_io, self.optimizers, run_state, eval_record)
+        path = self.checkpoints.save(self.state["step"], self.state_io, self.optimizers, run_state, eval_record)
+        if self.external_eval is not None:
+            self.external_eval.submit(path, self.state["step"])
+
+    def _log_external(self, records: list[dict]) -> None:
+        for record in records:  # at the evaluated checkpoint's step, not the current one
+            self.metrics.write(record)
+            self.progress.say(f"external eval of step {record['step']} | " +
+                              " | ".join(f"{k[len('external/'):]} {v:.4f}" for k, v in record.items() if k != "step"))
 
     def finish(self, last_eval: dict) -> dict:
         self.progress.close()
@@ -238,6 +254,8 @@ class Trainer:
         full_state = self.state_io.full_state_dict()  # a collective under FSDP
         if self.world.is_main:
             self.task.export(self.raw, str(self.root), state_dict=full_state)
+            if self.external_eval is not None:
+                self._log_external(self.external_eval.wait())
             if self.cfg.plot_loss:
                 plot_losses(str(self.root))
             self.metrics.close()

@@ -1,0 +1,45 @@
+"""Keys of task vlm (seed 001, nanoVLM's train.py): the three components, their learning rates,
+image handling, knapsack packing and the dataset quality filters."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .schema_base import Group
+
+
+class VLMGroup(Group):
+    """Vision-language model (task vlm)"""
+    vision_model_name_or_path: str | None = Field(None, description="local SiglipVisionModel folder (pretrained vision encoder)")
+    vision_config: str | None = Field(None, description="vision encoder from random init: a preset (siglip-tiny) or a SiglipVisionConfig config.json")
+    mp_pixel_shuffle_factor: int = Field(4, gt=0, description="modality projector: pixel-shuffle factor; image tokens per view = (image_size / patch_size / factor)²")
+    max_img_size: int | None = Field(None, gt=0, description="images larger than the encoder's input are split into tiles of that size (up to max_img_size per side) plus one global view; unset = one resized view per image")
+    lr_mp: float = Field(0.00512, ge=0, description="peak learning rate of the modality projector; 0 freezes it")
+    lr_vision_backbone: float = Field(5e-5, ge=0, description="peak learning rate of the vision encoder; 0 freezes it")
+    lr_language_backbone: float = Field(5e-5, ge=0, description="peak learning rate of the language decoder (or its LoRA adapters); 0 freezes it")
+    seq_length: int | None = Field(None, gt=1, description="tokens per packed training sequence (default: cutoff_len)")
+    max_sample_length: int | None = Field(None, gt=1, description="samples longer than this many tokens (images included) are dropped and counted (default: seq_length)")
+    max_images_per_example: int = Field(4, gt=0, description="samples with more images are dropped and counted")
+    max_images_per_knapsack: int = Field(18, gt=0, description="at most this many images in one packed sequence")
+    relevance_min_rating: int = Field(1, ge=0, description="drop samples whose relevance rating (if the data has one) is lower")
+    image_correspondence_min_rating: int = Field(1, ge=0, description="drop samples whose image_correspondence rating is lower")
+    visual_dependency_min_rating: int = Field(1, ge=0, description="drop samples whose visual_dependency rating is lower")
+    formatting_min_rating: int = Field(1, ge=0, description="drop samples whose formatting rating is lower")
+    bad_images: Literal["error", "skip"] = Field("error", description="a missing or undecodable image: stop naming the file (error) or drop its sample and count it (skip)")
+    resume_from_vlm_checkpoint: bool = Field(False, description="start from the VLM saved at vlm_checkpoint_path (weights only, fresh optimizer, as nanoVLM)")
+    vlm_checkpoint_path: str | None = Field(None, description="with resume_from_vlm_checkpoint: the VLM folder to start from; otherwise the root under which output_dir defaults to <vlm_checkpoint_path>/<run_name>")
+
+    @model_validator(mode="after")
+    def _output_under_checkpoint_root(self):
+        """nanoVLM saves under <vlm_checkpoint_path>/<run_name>; so does ember when output_dir is not given
+        (the automatic name without its date, so re-running the command finds the same folder)."""
+        if (getattr(self, "task", None) == "vlm" and self.vlm_checkpoint_path and not self.resume_from_vlm_checkpoint
+                and "output_dir" not in self.model_fields_set):
+            from .run_name import auto_run_name
+            world = int(os.environ.get("WORLD_SIZE", self.nproc_per_node * self.nnodes))
+            name = self.run_name or auto_run_name(self, world, None, dated=False)
+            self.output_dir = str(Path(self.vlm_checkpoint_path) / name)
+        return self
