@@ -76,6 +76,18 @@ def _generate(args: list[str]) -> int:
     return 0
 
 
+def _chat(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ember chat", description="ask a trained VLM about an image")
+    parser.add_argument("model", help="a VLM folder written by ember train --task vlm")
+    parser.add_argument("--image", required=True, help="an image file")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--max_new_tokens", type=int, default=32)
+    opts = parser.parse_args(args)
+    from .chat import VLMChat
+    print(VLMChat(opts.model).answer(opts.image, opts.question, opts.max_new_tokens))
+    return 0
+
+
 def _export(args: list[str]) -> int:
     from .config.parse import read_sources
     from .export import export_merged, parse_export_config
@@ -89,7 +101,7 @@ def _export(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "export": _export}
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "chat": _chat, "export": _export}
 
 
 def main(argv: list[str] | None = None) -> int:

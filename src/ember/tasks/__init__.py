@@ -6,6 +6,7 @@ from importlib import import_module
 from ..config.errors import ConfigError
 
 TASKS = {"causal_lm": ("ember.tasks.causal_lm", "CausalLMTask"),
+         "vlm": ("ember.tasks.vlm", "VLMTask"),
          "video_vae": ("ember.tasks.video_vae", "VideoVAETask")}
 
 
