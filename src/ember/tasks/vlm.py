@@ -95,6 +95,8 @@ class VLMTask:
                 decoder.resize_token_embeddings(len(self.tokenizer))
             encoder = load_vision_encoder(cfg.vision_model_name_or_path, cfg.vision_config)
             model = build_vlm(decoder, encoder, cfg.mp_pixel_shuffle_factor, self.image_token_id, IMAGE_TOKEN)
+        if cfg.finetuning_type == "lora" and cfg.distributed_strategy == "fsdp":
+            raise ConfigError("task vlm: LoRA with distributed_strategy fsdp is not supported yet; use ddp")
         if cfg.finetuning_type in ("lora", "freeze"):
             model.decoder = apply_finetuning(model.decoder, cfg)
         elif cfg.finetuning_type == "qlora":
@@ -147,14 +149,12 @@ class VLMTask:
     def export(self, model: VisionLanguageModel, path: str, state_dict: dict | None = None) -> None:
         """One VLM folder (vlm_config.json + model.safetensors + tokenizer + image settings);
         LoRA adapters are merged into the decoder, so the folder loads without peft."""
-        if state_dict is not None:
-            model.load_state_dict(state_dict)
         if isinstance(model.decoder, PeftModel):  # merged in a copy: the trained model keeps its adapters
             merged = VisionLanguageModel(model.config, model.vision_encoder,
                                          copy.deepcopy(model.decoder).merge_and_unload())
             merged.projector = model.projector
-            model = merged
-        model.save_pretrained(path)
+            model, state_dict = merged, None  # (LoRA runs are never sharded: see build_model)
+        model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
         settings = {"image_size": self.shape.image_size, "max_img_size": self.cfg.max_img_size}
         (Path(path) / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
