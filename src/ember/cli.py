@@ -1,4 +1,4 @@
-"""The command line: `ember train | tokenizer | generate`. The only place that reads argv."""
+"""The command line: `ember train | tokenizer | generate | chat | export`. The only place that reads argv."""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +15,7 @@ commands:
   train      train a model: ember train [CONFIG.yaml] [key=value ...] [--key value ...]
   tokenizer  train a BPE tokenizer on a dataset (for training from scratch)
   generate   sample text from a trained model folder
+  chat       ask a trained vision-language model about an image
   export     merge a LoRA/QLoRA adapter into its base model
 Run `ember COMMAND --help` for the keys of a command."""
 
