@@ -110,7 +110,10 @@ class World:
         if self.size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [device.index] if device.type == "cuda" else None
-            return DDP(model, device_ids=ids)
+            # a model whose forward may leave parameters out (a VLM batch without images) says so;
+            # DDP then looks for them every step instead of waiting for their gradients forever
+            unused = bool(getattr(model, "forward_may_skip_parameters", False))
+            return DDP(model, device_ids=ids, find_unused_parameters=unused)
         return model
 
     @staticmethod
