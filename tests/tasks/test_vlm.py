@@ -131,3 +131,14 @@ def test_a_corrupt_image_is_one_clear_error(shapes, tmp_path, capsys):
                  "--dataset_dir", str(broken), "--output_dir", str(tmp_path / "run"), "--max_steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "bad.jpg" in err and "Traceback" not in err
+
+
+def test_the_example_recipe_runs_as_written(shapes, tmp_path):
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "vlm.yaml"
+    out = tmp_path / "example"
+    # only where the data lives, where the run goes and how long it lasts differ from the recipe
+    code = main(["train", str(recipe), f"dataset_dir={shapes}", f"output_dir={out}", "max_steps=3", "eval_steps=3",
+                 "save_steps=3", "logging_steps=1"])
+    assert code == 0
+    final = [r for r in read_metrics(out) if "answer_accuracy" in r][-1]
+    assert final["step"] == 3 and (out / "checkpoint-3").is_dir() and (out / "vlm_config.json").is_file()
