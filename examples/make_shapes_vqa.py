@@ -1,6 +1,6 @@
 """Generate shapes_vqa: small JPEGs of coloured shapes, with questions only the image answers.
 
-    python examples/make_shapes_vqa.py [--out data/shapes_vqa] [--train 2000] [--val 200] [--size 48] [--seed 0]
+    python examples/make_shapes_vqa.py [--out data/shapes_vqa] [--train 8000] [--val 200] [--size 48] [--seed 0]
 
 Each picture has 1-3 shapes (circle, square, triangle) in six colours on a white background,
 each shape in its own quadrant, so "left/right" and "top/bottom" are never ambiguous. Colours
@@ -121,7 +121,7 @@ def chance(val: list[dict], seed: int, simulated: int = 50_000) -> dict:
     return result
 
 
-def generate(out: str | Path, n_train: int = 2000, n_val: int = 200, size: int = 48, seed: int = 0) -> dict:
+def generate(out: str | Path, n_train: int = 8000, n_val: int = 200, size: int = 48, seed: int = 0) -> dict:
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -141,7 +141,7 @@ def generate(out: str | Path, n_train: int = 2000, n_val: int = 200, size: int =
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="data/shapes_vqa", help="folder to write (the dataset_dir)")
-    parser.add_argument("--train", type=int, default=2000, help="training pictures")
+    parser.add_argument("--train", type=int, default=8000, help="training pictures")
     parser.add_argument("--val", type=int, default=200, help="validation pictures")
     parser.add_argument("--size", type=int, default=48, help="picture side in pixels")
     parser.add_argument("--seed", type=int, default=0)
