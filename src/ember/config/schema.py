@@ -90,6 +90,7 @@ class PrecisionGroup(Group):
     init_loss_scale: float = Field(65536.0, gt=0, description="fp16: initial loss scale of the GradScaler")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     seed: int = Field(42, description="seed for weights, data order and dropout; same seed, same run on CPU")
+    compile: bool = Field(False, description="torch.compile each transformer block (fuses the work between matmuls; the first steps compile)")
 
 
 class EvalGroup(Group):

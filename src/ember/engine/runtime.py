@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
 
 import numpy as np
 import torch
 
 from ..config.errors import ConfigError
+
+log = logging.getLogger("ember")
 
 
 def pick_device(name: str, local_rank: int = 0) -> torch.device:
@@ -81,3 +84,19 @@ class Precision:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.skipped_steps = state.get("skipped_steps", 0)
+
+
+def compile_model(model: torch.nn.Module) -> None:
+    """torch.compile each repeated block in place (names, state dicts and wrappers unchanged).
+
+    One block's code is compiled once and reused by every layer, so compilation takes seconds
+    rather than minutes, and the elementwise work between matmuls (norms, rotary embeddings,
+    activations, residual adds) fuses into few kernels. A model without repeated blocks is
+    compiled whole. Shapes are static: a new sequence length compiles once more.
+    """
+    from .sharding import transformer_blocks
+    blocks = transformer_blocks(model) or [model]
+    for block in blocks:
+        block.compile(dynamic=False)
+    log.info("compile: torch.compile of %d %s (the first steps include compilation)", len(blocks),
+             type(blocks[0]).__name__)

@@ -84,8 +84,8 @@ def schedule_fn(name: str, total: int, warmup: int, *, min_lr_ratio: float = 0.0
         # 10% of the peak (unless warmup/min_lr_ratio are set), held there past the end
         ramp = warmup if warmup > 0 else 0.03 * total
         low = min_lr_ratio if min_lr_ratio > 0 else 0.1
-        if step < ramp:
-            return (step + 1) / ramp
+        if step < ramp:  # capped at the peak: nanoVLM's formula overshoots when 3% is not a whole step
+            return min(1.0, (step + 1) / ramp)
         if step > total:
             return low
         ratio = (step - ramp) / max(1e-9, total - ramp)

@@ -24,7 +24,7 @@ from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
 from .preemption import Preempted, StopSignals
 from .resume import load_resume_bundle, truncate_metrics, wants_resume
-from .runtime import Precision, pick_device, seed_everything
+from .runtime import Precision, compile_model, pick_device, seed_everything
 from .schedules import LRSchedule
 from .state_io import StateIO
 from .step import run_optimizer_step
@@ -102,6 +102,8 @@ class Trainer:
             model.to(self.device)
         if self.precision.param_dtype is not None:
             model.to(self.precision.param_dtype)
+        if cfg.compile:
+            compile_model(model)
         self.raw = model
         return self.world.wrap(model, self.device, self.precision, cfg.fsdp_cpu_offload)
 
