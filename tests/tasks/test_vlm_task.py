@@ -87,10 +87,10 @@ def test_the_seeds_flags_are_accepted(shapes, tmp_path):
             "--lr_mp", "0.01", "--lr_vision_backbone", "1e-4", "--lr_language_backbone", "1e-4",
             "--relevance_min_rating", "3", "--image_correspondence_min_rating", "3",
             "--visual_dependency_min_rating", "2", "--formatting_min_rating", "2", "--no_log_wandb",
-            "--vlm_checkpoint_path", str(tmp_path / "checkpoints"), "--max_steps", "10"]
+            "--vlm_checkpoint_path", str(tmp_path / "checkpoints"), "--max_steps", "10", "--compile", "True"]
     cfg = load_config(argv)
     assert (cfg.lr_mp, cfg.lr_vision_backbone, cfg.lr_language_backbone) == (0.01, 1e-4, 1e-4)
-    assert (cfg.relevance_min_rating, cfg.formatting_min_rating, cfg.report_to) == (3, 2, "none")
+    assert (cfg.relevance_min_rating, cfg.formatting_min_rating, cfg.report_to, cfg.compile) == (3, 2, "none", True)
     # nanoVLM saves under <vlm_checkpoint_path>/<run_name>
     assert Path(cfg.output_dir).parent == tmp_path / "checkpoints" and "siglip-tiny_mp4_llama-tiny" in cfg.output_dir
 
