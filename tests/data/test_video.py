@@ -65,8 +65,8 @@ def test_clips_are_seeded_resized_cropped_and_scaled(video_dir):
     assert len(data) == 6
     assert [data.frame_indices(i) for i in range(6)] == [again.frame_indices(i) for i in range(6)]
     assert np.diff(data.frame_indices(0)).tolist() == [2] * 8
-    clip = data[0]
-    assert clip.shape == (3, 9, 32, 32) and clip.min() >= -1 and clip.max() <= 1
+    clip = data[0]["video"]
+    assert data[0]["index"] == 0 and clip.shape == (3, 9, 32, 32) and clip.min() >= -1 and clip.max() <= 1
 
 
 def test_short_side_resize_and_centre_crop():
@@ -93,5 +93,5 @@ def test_images_are_one_frame_clips(tmp_path):
         Image.fromarray(np.full((30, 40, 3), 60 * i, dtype=np.uint8)).save(tmp_path / f"img{i}.png")
     entries = probe_videos(str(tmp_path), 9, 1, "skip")
     assert clip_frames_for(entries, 9) == 1
-    clip = VideoClipDataset(entries, 1, 1, 16, seed=0)[1]
+    clip = VideoClipDataset(entries, 1, 1, 16, seed=0)[1]["video"]
     assert clip.shape == (3, 1, 16, 16)

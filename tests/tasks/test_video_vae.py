@@ -106,3 +106,12 @@ def test_perceptual_loss_without_weights_is_a_clear_error():
                         "perceptual_weight": 0.1})
     with pytest.raises(ConfigError, match="LPIPS"):
         VideoVAETask(cfg)
+
+
+def test_fsdp_is_refused_with_the_strategy_that_works():
+    from ember.tasks.video_vae import VideoVAETask
+    cfg = build_config({"task": "video_vae", "video_path": "v", "model_config": "causal_vae-tiny",
+                        "distributed_strategy": "fsdp"})
+    with pytest.raises(ConfigError, match="fsdp.*use ddp"):
+        VideoVAETask(cfg)
+    VideoVAETask(build_config({"task": "video_vae", "video_path": "v", "model_config": "causal_vae-tiny"}))

@@ -51,20 +51,23 @@ class VideoClipDataset(Dataset):
         start = (random.Random(f"{self.seed}:{video}:{draw}").randint(0, spare) if self.random_start else spare // 2)
         return [min(start + k * stride, frames - 1) for k in range(self.num_frames)]
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> dict:
+        """{"video": float (3, T, H, W) in [-1, 1], "index": index}: the index names the clip, e.g. to
+        seed its posterior noise the same way whichever batch or process it lands in."""
         for attempt in range(len(self.entries)):
             position = (index + attempt) % len(self)
             path = self.entries[position % len(self.entries)][0]
             try:
                 frames_thwc = read_frames(path, self.frame_indices(position))
-                return to_clip_tensor(frames_thwc, self.resolution)
+                return {"video": to_clip_tensor(frames_thwc, self.resolution), "index": index}
             except Exception as err:  # any decoder failure: never stop the epoch for one file
                 log.warning("could not decode %s (%s); using the next video's clip instead", path, err)
         raise RuntimeError("no video in the dataset decodes any more")
 
 
-def collate_clips(clips: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {"video": torch.stack(clips)}
+def collate_clips(items: list[dict]) -> dict[str, torch.Tensor]:
+    return {"video": torch.stack([item["video"] for item in items]),
+            "index": torch.tensor([item["index"] for item in items])}
 
 
 def probe_videos(spec: str, num_frames: int, sample_rate: int, short_videos: str) -> list[tuple[str, int]]:

@@ -3,6 +3,15 @@
 T frames (T = 1 + 4k by default) become 1 + (T-1)/4 latent frames of H/8 × W/8: the first frame
 is encoded on its own (so an image is a one-frame video), later frames four at a time. Sizes
 come from a config dict: a preset (`causal_vae-tiny`, `causal_vae-488`) or a JSON file.
+
+A clip's colours have a path from pixels to latent and back that no GroupNorm and no random
+projection sits on, so training starts from a colour map that is roughly the identity instead of
+a product of random matrices ~100x too weak: the stem also copies each colour into a share of the
+features, every resampling step and width change has a parameter-free shortcut (causal_vae_blocks),
+the latent mean gets a channel average of the features and gives back channel copies, the 1×1
+projections around the latent start as identities, and a linear readout beside the decoder's
+normalised head averages the copies back into colours. Without that path flat clips came back
+grey and the demo's backgrounds lost their hue.
 """
 from __future__ import annotations
 
@@ -17,7 +26,7 @@ from torch import nn
 
 from ..config.errors import ConfigError
 from .causal_vae_blocks import (CausalConv3d, FrameAttention, ResBlock3D, SpatialDownsample, SpatialUpsample,
-                                TimeDownsample, TimeUpsample, norm)
+                                TimeDownsample, TimeUpsample, channel_map, channel_shortcut_, norm)
 
 
 @dataclass
@@ -40,6 +49,11 @@ class CausalVAEConfig:
 
     def latent_frames(self, num_frames: int) -> int:
         return 1 + (num_frames - 1) // self.temporal_factor
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """(z_channels, frames, height, width) of one clip's latent (stride-2 steps round up)."""
+        f = self.spatial_factor
+        return self.z_channels, self.latent_frames(num_frames), -(-height // f), -(-width // f)
 
     @classmethod
     def from_spec(cls, spec: str) -> "CausalVAEConfig":
@@ -65,6 +79,11 @@ class CausalVAEConfig:
         if len(cfg.temporal_downsample) != len(cfg.channel_mult) - 1:
             raise ConfigError("causal VAE config: temporal_downsample needs one entry per down step "
                               f"({len(cfg.channel_mult) - 1}), got {len(cfg.temporal_downsample)}")
+        deepest = cfg.base_channels * cfg.channel_mult[-1]
+        if deepest % cfg.z_channels:
+            raise ConfigError(f"causal VAE config: z_channels ({cfg.z_channels}) must divide the deepest width "
+                              f"base_channels × channel_mult[-1] ({deepest}): the latent's shortcut averages "
+                              "that many channels in equal groups")
         return cfg
 
 
@@ -76,8 +95,9 @@ class DiagonalGaussian:
         self.logvar = logvar.clamp(-30.0, 20.0)
         self.std = torch.exp(0.5 * self.logvar)
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+    def sample(self, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """mean + std · noise, with standard normal noise drawn here unless given."""
+        noise = torch.randn_like(self.mean) if noise is None else noise.to(self.mean)
         return self.mean + self.std * noise
 
     def mode(self) -> torch.Tensor:
@@ -89,11 +109,19 @@ class DiagonalGaussian:
         return kl.flatten(1).sum(1)
 
 
+def clip_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise of `shape` for each clip, clip i's from a generator seeded by seeds[i]:
+    a clip's noise then depends on its seed alone, not on the batch it shares."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
+
+
 class Encoder(nn.Module):
     def __init__(self, cfg: CausalVAEConfig):
         super().__init__()
         widths = [cfg.base_channels * m for m in cfg.channel_mult]
         self.conv_in = CausalConv3d(cfg.in_channels, widths[0])
+        with torch.no_grad():  # its centre tap on the current frame also copies each colour to a share of the features
+            self.conv_in.conv.weight[:, :, -1, 1, 1] += channel_map(cfg.in_channels, widths[0])
         self.levels = nn.ModuleList()
         channels = widths[0]
         for level, width in enumerate(widths):
@@ -117,7 +145,11 @@ class Encoder(nn.Module):
         for level in self.levels:
             h = level(h)
         h = self.mid(h)
-        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+        mean, logvar = self.conv_out(torch.nn.functional.silu(self.norm_out(h))).chunk(2, dim=1)
+        # the mean's shortcut around the output norm: the features averaged in z_channels groups,
+        # so the latent carries a clip's colours as they are, not only as normalised contrasts
+        shortcut = h.unflatten(1, (mean.shape[1], -1)).mean(2)
+        return torch.cat([mean + shortcut, logvar], dim=1)
 
 
 class Decoder(nn.Module):
@@ -142,12 +174,19 @@ class Decoder(nn.Module):
             self.levels.append(nn.Sequential(*blocks))
         self.norm_out = norm(channels)
         self.conv_out = CausalConv3d(channels, cfg.in_channels)
+        # a linear readout of the features as they are, beside the normalised head: without it every
+        # path to the pixels passes a GroupNorm, the output cannot follow the features' magnitude
+        # and a clip's absolute colour is lost (a flat clip comes back grey). It starts as the
+        # channel average that undoes the encoder's colour copies.
+        self.linear_out = channel_shortcut_(nn.Conv3d(channels, cfg.in_channels, 1))
 
     def forward(self, z_bzthw: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z_bzthw))
+        # the latent's shortcut in: each latent channel copied to an equal share of the features
+        copies = self.conv_in.conv.out_channels // z_bzthw.shape[1]
+        h = self.mid(self.conv_in(z_bzthw) + z_bzthw.repeat_interleave(copies, dim=1))
         for level in self.levels:
             h = level(h)
-        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))
+        return self.conv_out(torch.nn.functional.silu(self.norm_out(h))) + self.linear_out(h)
 
 
 class CausalVAE(nn.Module):
@@ -158,9 +197,14 @@ class CausalVAE(nn.Module):
         self.decoder = Decoder(cfg)
         self.quant_conv = nn.Conv3d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
         self.post_quant_conv = nn.Conv3d(cfg.z_channels, cfg.z_channels, 1)
-        # start with a narrow posterior (std ≈ 0.05): with a small kl_weight, unit-variance noise
-        # would drown the latents and reconstruction would learn very slowly at first
         with torch.no_grad():
+            # the 1×1 projections around the latent start as identities, so they pass the shortcuts'
+            # colours on instead of mixing them (and the mean into the log-variance) at random
+            for conv in (self.quant_conv, self.post_quant_conv):
+                nn.init.dirac_(conv.weight)
+                conv.bias.zero_()
+            # a narrow posterior (std ≈ 0.05): with a small kl_weight, unit-variance noise would
+            # drown the latents and reconstruction would learn very slowly at first
             self.quant_conv.bias[cfg.z_channels:].fill_(-6.0)
 
     def check_frames(self, num_frames: int) -> None:
@@ -175,9 +219,10 @@ class CausalVAE(nn.Module):
     def decode(self, z_bzthw: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z_bzthw.to(self.post_quant_conv.weight.dtype)))
 
-    def forward(self, x_bcthw: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, DiagonalGaussian]:
+    def forward(self, x_bcthw: torch.Tensor, sample: bool = True,
+                noise: torch.Tensor | None = None) -> tuple[torch.Tensor, DiagonalGaussian]:
         posterior = self.encode(x_bcthw)
-        z = posterior.sample() if sample else posterior.mode()
+        z = posterior.sample(noise) if sample else posterior.mode()
         return self.decode(z), posterior
 
     def last_layer_weight(self) -> torch.Tensor:

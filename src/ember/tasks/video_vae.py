@@ -9,7 +9,7 @@ pixels of a clip, so kl_weight keeps its meaning. The discriminator's loss is a 
 from __future__ import annotations
 
 import logging
-import os
+import random
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from ..config.errors import ConfigError
 from ..data.video import build_video_datasets, collate_clips
 from ..engine.optim import decay_split
 from ..engine.task import Loss
-from ..models.causal_vae import CausalVAE, CausalVAEConfig
+from ..models.causal_vae import CausalVAE, CausalVAEConfig, clip_noise
 from ..models.discriminator import PatchDiscriminator3D
 from ..models.ema import EMAWeights
 from ..models.video_losses import (adaptive_generator_weight, discriminator_loss, generator_adversarial_loss, psnr,
@@ -31,22 +31,57 @@ log = logging.getLogger("ember")
 
 
 class VideoVAEModel(nn.Module):
-    """What the engine trains and checkpoints: the VAE, its discriminator and the EMA (buffers)."""
+    """What the engine trains and checkpoints: the VAE, its discriminator and the EMA (buffers).
+
+    Training calls the model itself, once per micro-batch, so that a DDP wrapper's hooks see every
+    parameter the step uses; calling `model.vae` or `model.discriminator` directly would bypass
+    them and leave gradients unsynchronised across ranks.
+    """
 
     def __init__(self, vae: CausalVAE, discriminator: nn.Module | None, ema: bool):
         super().__init__()
         self.vae = vae
         self.discriminator = discriminator
         self.ema = EMAWeights(vae) if ema else None
+        # before disc_start the discriminator takes no part in a step: DDP must look for the
+        # parameters a forward leaves out (the engine reads this when it wraps the model)
+        self.forward_may_skip_parameters = discriminator is not None
+
+    def forward(self, x_bcthw: torch.Tensor, sample: bool = True, gan: bool = False, run=None,
+                noise_seeds: list[int] | None = None) -> dict:
+        """The reconstruction and each clip's KL; with `gan`, the discriminator's logits too.
+
+        run(module, *args, **kwargs) calls the VAE (a compiled forward under mode 0); noise_seeds
+        seed each clip's posterior noise (else it comes from the global generator).
+        """
+        noise = None
+        if sample and noise_seeds is not None:
+            shape = self.vae.config.latent_shape(*x_bcthw.shape[2:])
+            noise = clip_noise(noise_seeds, shape).to(x_bcthw.device)
+        recon_bcthw, posterior = (run or _call)(self.vae, x_bcthw, sample=sample, noise=noise)
+        out = {"recon": recon_bcthw, "kl": posterior.kl()}
+        if gan:
+            out["logits_fake"] = self.discriminator(recon_bcthw)  # the generator's term: reaches the VAE
+            # the discriminator's own terms see detached clips: its loss never reaches the VAE
+            out["logits_real"] = self.discriminator(x_bcthw.detach())
+            out["logits_fake_detached"] = self.discriminator(recon_bcthw.detach())
+        return out
+
+
+def _call(module: nn.Module, *args, **kwargs):
+    return module(*args, **kwargs)
 
 
 class VideoVAETask:
     def __init__(self, cfg):
         self.cfg = cfg
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            # training_step calls the VAE and the discriminator directly, past DDP's hooks, so
-            # gradients would not be synchronised: refuse rather than train each rank apart
-            raise ConfigError("task video_vae runs on one process for now; drop nproc_per_node / torchrun")
+        if cfg.distributed_strategy == "fsdp":
+            # the engine keeps the VAE's and the discriminator's gradients apart with
+            # backward(inputs=their parameters); under FSDP2 those are sharded parameters the
+            # forward never touches (it uses gathered copies), so no gradient reaches them (a
+            # two-process run logs grad_norm 0.0). The EMA also mixes whole tensors with shards.
+            raise ConfigError("task video_vae does not support distributed_strategy: fsdp; use ddp (the default), "
+                              "which replicates the VAE on every process")
         if cfg.perceptual_weight > 0:
             raise ConfigError("perceptual_weight > 0 needs an LPIPS network, and none ships with ember nor can be "
                               "downloaded here (perceptual_weights is not supported yet); set perceptual_weight: 0")
@@ -84,28 +119,34 @@ class VideoVAETask:
 
     # ---- one step -----------------------------------------------------------------------
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
-        cfg, model = self.cfg, getattr(model, "module", model)  # DDP wraps the model
+        cfg, inner = self.cfg, getattr(model, "module", model)  # DDP wraps the model
         training = step >= 0 and torch.is_grad_enabled()
         if training:
             self.trained_to = step + 1
-        x_bcthw = batch["video"].to(model.vae.quant_conv.weight.dtype)
-        recon_bcthw, posterior = self.forward(model.vae, x_bcthw, sample=training)
-        count = x_bcthw.numel()
+        gan = training and inner.discriminator is not None and step >= cfg.disc_start
+        x_bcthw = batch["video"].to(inner.vae.quant_conv.weight.dtype)
+        seeds = self.noise_seeds(batch, step) if training else None
+        out = model(x_bcthw, sample=training, gan=gan, run=self.forward, noise_seeds=seeds)  # DDP's hooks see this
+        recon_bcthw, count = out["recon"], x_bcthw.numel()
         rec_sum = reconstruction_sum(recon_bcthw, x_bcthw, cfg.recon_loss)
-        vae_total = rec_sum + cfg.kl_weight * posterior.kl().sum()
-        losses = {"vae": Loss(vae_total, count)}
-        if not training or model.discriminator is None or step < cfg.disc_start:
-            return losses
-        logits_fake = model.discriminator(recon_bcthw)
-        g_loss = generator_adversarial_loss(logits_fake)
-        d_weight = adaptive_generator_weight(rec_sum / count, g_loss, model.vae.last_layer_weight(), cfg.disc_weight)
-        losses["vae"] = Loss(vae_total + d_weight * g_loss * count, count)
-        # the discriminator sees detached clips: its loss never reaches the VAE
-        d_loss = discriminator_loss(model.discriminator(x_bcthw.detach()),
-                                    model.discriminator(recon_bcthw.detach()), cfg.disc_loss)
+        vae_total = rec_sum + cfg.kl_weight * out["kl"].sum()
+        if not gan:
+            return {"vae": Loss(vae_total, count)}
+        g_loss = generator_adversarial_loss(out["logits_fake"])
+        # from this rank's micro-batch alone, as Open-Sora-Plan computes it on each GPU
+        d_weight = adaptive_generator_weight(rec_sum / count, g_loss, inner.vae.last_layer_weight(), cfg.disc_weight)
+        d_loss = discriminator_loss(out["logits_real"], out["logits_fake_detached"], cfg.disc_loss)
         batch_size = x_bcthw.shape[0]
-        losses["disc"] = Loss(d_loss * batch_size, batch_size)
-        return losses
+        return {"vae": Loss(vae_total + d_weight * g_loss * count, count),
+                "disc": Loss(d_loss * batch_size, batch_size)}
+
+    def noise_seeds(self, batch: dict, step: int) -> list[int] | None:
+        """One seed per clip from (seed, step, the clip's dataset index): the posterior noise a clip
+        gets does not depend on how the step's clips are split over micro-batches or processes, so
+        two processes train exactly as one does with the same global batch."""
+        if "index" not in batch:
+            return None
+        return [random.Random(f"{self.cfg.seed}:{step}:{i}").getrandbits(63) for i in batch["index"].tolist()]
 
     def after_optimizer_step(self, model, step: int) -> None:
         model = getattr(model, "module", model)
