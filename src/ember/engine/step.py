@@ -16,6 +16,50 @@ def to_device(batch, device: torch.device):
     return batch
 
 
+def _tensors(batch):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for v in batch.values():
+            yield from _tensors(v)
+    elif isinstance(batch, (list, tuple)):
+        for v in batch:
+            yield from _tensors(v)
+
+
+_copy_streams: dict = {}
+
+
+def window_to_device(window: list, device: torch.device) -> list:
+    """Every micro-batch of the window moved to the device, as (batch, ready) pairs.
+
+    On a GPU the copies (from pinned memory) are issued on a side stream, so they overlap
+    compute instead of queueing in front of it: the copy of micro-batch i+1 runs during the
+    forward of i, and since the loop never waits for the GPU, the next step's batches are
+    copied while this step still computes. `ready` is the event the compute stream waits on.
+    """
+    if device.type != "cuda":
+        return [(to_device(batch, device), None) for batch in window]
+    stream = _copy_streams.setdefault(device, torch.cuda.Stream(device))
+    moved = []
+    with torch.cuda.stream(stream):
+        for batch in window:
+            batch = to_device(batch, device)
+            ready = torch.cuda.Event()
+            ready.record(stream)
+            moved.append((batch, ready))
+    return moved
+
+
+def _wait_until_ready(batch, ready) -> None:
+    if ready is None:
+        return
+    compute = torch.cuda.current_stream()
+    compute.wait_event(ready)
+    for tensor in _tensors(batch):  # allocated on the copy stream, used on this one: keep it alive
+        tensor.record_stream(compute)
+
+
 def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
     """Forward/backward every micro-batch of the window, then step each optimizer once.
 
@@ -33,8 +77,8 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
         opt.zero_grad(set_to_none=True)
     several = len(optimizers) > 1
     sums, counts, refs = {}, {}, {}
-    for index, batch in enumerate(window):
-        batch = to_device(batch, trainer.device)
+    for index, (batch, ready) in enumerate(window_to_device(window, trainer.device)):
+        _wait_until_ready(batch, ready)
         with world.no_sync(trainer.model, sync=index == len(window) - 1):
             with precision.autocast():
                 losses = trainer.task.training_step(trainer.model, batch, trainer.state["step"])
@@ -56,11 +100,16 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
         precision.unscale(opt)
         factor = refs[name] * world.size / world.sum(counts[name]).clamp(min=1)
         grads = [p.grad for p in params[name] if p.grad is not None]
-        if grads:
-            # DTensor grads (FSDP) take a plain float; local grads take the tensor (no host sync)
-            scale = factor.item() if world.strategy == "fsdp" and world.active else factor.to(grads[0].dtype)
-            torch._foreach_mul_(grads, scale)
-        grad_norms[name] = torch.nn.utils.clip_grad_norm_(params[name], max_norm, foreach=True)
+        if grads and not (world.strategy == "fsdp" and world.active):
+            # one pass over the gradients rescales and clips at once: the norm of grads × factor
+            # is their norm × factor, and the clip coefficient multiplies the factor (no host sync)
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True) * factor
+            torch._foreach_mul_(grads, ((max_norm / (norm + 1e-6)).clamp(max=1.0) * factor).to(grads[0].dtype))
+            grad_norms[name] = norm
+        else:
+            if grads:  # DTensor grads (FSDP) take a plain float
+                torch._foreach_mul_(grads, factor.item())
+            grad_norms[name] = torch.nn.utils.clip_grad_norm_(params[name], max_norm, foreach=True)
         precision.step(opt)
     if hasattr(trainer.task, "after_optimizer_step"):  # e.g. an EMA of the weights, kept by the task
         trainer.task.after_optimizer_step(trainer.raw, trainer.state["step"])
