@@ -82,6 +82,14 @@ def read_metrics(output_dir) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+TIMINGS = {"tokens_per_sec", "data_wait", "mfu"}  # wall-clock measures: never equal between runs
+
+
+def curve(output_dir) -> list[dict]:
+    """The logged records without their wall-clock measures: what two equal runs share exactly."""
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(output_dir)]
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs():
     logging.getLogger("ember").setLevel(logging.WARNING)

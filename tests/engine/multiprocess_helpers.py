@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ember.config import build_config
 from ember.tasks import build_task
 
-from conftest import read_metrics
+from conftest import curve, read_metrics  # noqa: F401 (curve: re-exported to the tests)
 
 CUTOFF = 48
 GLOBAL_BATCH = 8
@@ -96,13 +96,6 @@ def assert_ran(rc: int | None, log: str) -> None:
 
 
 # ---- comparing runs ---------------------------------------------------------------------
-TIMINGS = {"tokens_per_sec", "data_wait", "mfu"}  # wall-clock measures: never equal between runs
-
-
-def curve(output_dir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(output_dir)]
-
-
 def assert_same_curve(got_dir, want_dir, *, want_name: str = "") -> None:
     """Every logged step holds the same keys and values within REL; `want_name` names the
     wanted run in the failure message ("... vs single-process 2.31")."""

@@ -91,6 +91,7 @@ class PrecisionGroup(Group):
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     seed: int = Field(42, description="seed for weights, data order and dropout; same seed, same run on CPU")
     compile: bool = Field(False, description="torch.compile each transformer block (fuses the work between matmuls; the first steps compile)")
+    mfu_peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s per device that the logged mfu divides by (default: measured at start-up with a matmul in the run's dtype)")
 
 
 class EvalGroup(Group):

@@ -31,4 +31,7 @@ class Task(Protocol):
     # optional: called after every optimizer step (an EMA update); state the task keeps across
     # steps belongs in the model as buffers, so checkpoints carry it
     # def after_optimizer_step(self, model: nn.Module, step: int) -> None: ...
+    # optional: the training FLOPs of one micro-batch (a tensor or int, no host sync); with it
+    # the engine logs `mfu` against the measured or configured peak (engine/flops.py)
+    # def flops(self, model: nn.Module, batch: Any) -> torch.Tensor | int: ...
     def export(self, model: nn.Module, path: str, state_dict: dict | None = None) -> None: ...  # full weights under FSDP

@@ -19,6 +19,7 @@ from .checkpoints import CheckpointManager
 from .distributed import World
 from .evaluation import Evaluator
 from .external_eval import ExternalEval
+from .flops import run_peak_flops
 from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
@@ -64,6 +65,7 @@ class Trainer:
         self.optimizers = {name: build_optimizer(g, cfg, self.device) for name, g in groups.items()}
         self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
         self.state_io = StateIO(world, self.model, self.raw)
+        self.peak_flops = run_peak_flops(cfg, self.task, self.device, self.precision)  # None: no mfu
 
         pin = self.device.type == "cuda"
         self.stream = BatchStream(train_set, cfg.per_device_train_batch_size, collate, seed=cfg.seed,
@@ -149,7 +151,11 @@ class Trainer:
         if cfg.eval_on_start and self.state["step"] == 0 and self.evaluator is not None:
             self.metrics.write(self.evaluate())
         while self.state["step"] < self.total_steps:
+            waited = time.perf_counter()
             window = [next(self.stream) for _ in range(accum)]
+            interval["wait"] += time.perf_counter() - waited
+            if self.peak_flops is not None:
+                interval["flops"] += sum(self.task.flops(self.raw, batch) for batch in window)
             lr = self.schedule.current_lr()  # the LR this step uses, logged as such
             sums, counts, grad_norms = run_optimizer_step(self, window)
             self.state["step"] += 1
@@ -164,6 +170,7 @@ class Trainer:
                 record = self.train_metrics(interval, grad_norms, lr)
                 interval = self.interval = self._new_interval()
                 self._log_external(self.external_eval.poll() if self.external_eval else [])
+            paused = time.perf_counter()  # evaluations and checkpoints stay out of tokens/s and mfu
             if self._should_evaluate(step):
                 last_eval = self.evaluate()
                 record.update(last_eval)
@@ -172,6 +179,7 @@ class Trainer:
             saved = bool(cfg.save_steps) and step % cfg.save_steps == 0
             if saved:
                 self.save(last_eval if last_eval.get("step") == step else {})
+            interval["t0"] += time.perf_counter() - paused
             if self.world.any(signals.received is not None):  # every rank stops at the same step
                 self._stop(signals, already_saved=saved)
         return last_eval
@@ -191,7 +199,7 @@ class Trainer:
         return next(iter(self.optimizers))
 
     def _new_interval(self) -> dict:
-        return {"sums": {}, "counts": {}, "t0": time.perf_counter()}
+        return {"sums": {}, "counts": {}, "t0": time.perf_counter(), "wait": 0.0, "flops": 0}
 
     def train_metrics(self, interval: dict, grad_norms: dict, lr: float) -> dict:
         elapsed = time.perf_counter() - interval["t0"]
@@ -207,6 +215,10 @@ class Trainer:
                   "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                   "tokens_per_sec": count / max(elapsed, 1e-9), "tokens_seen": self.state["tokens_seen"],
                   **{f"loss_{name}": value for name, (value, _) in losses.items()}}
+        record["data_wait"] = interval["wait"] / max(elapsed, 1e-9)  # share of the time spent waiting for batches
+        if self.peak_flops is not None:
+            flops = float(self.world.sum(torch.as_tensor(interval["flops"], dtype=torch.float64, device=self.device)))
+            record["mfu"] = flops / max(elapsed, 1e-9) / (self.peak_flops * self.world.size)  # peak: logged at set-up
         if self.precision.scaler is not None:
             record.update(loss_scale=self.precision.scaler.get_scale(), skipped_steps=self.precision.skipped_steps)
         self.progress.show(record)
