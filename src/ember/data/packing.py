@@ -69,11 +69,14 @@ def build_sft_dataset(encoded, cutoff_len: int, packing: bool, label: str) -> SF
     return SFTDataset(input_ids, labels, packs)
 
 
-def collate_sft(pad_id: int):
-    """Right-pad to the longest row. Packed rows carry position_ids (padding forms its own
-    isolated run); unpacked rows carry an attention_mask when padded."""
+def collate_sft(pad_id: int, packed_width: int | None = None):
+    """Right-pad to the longest row (packed rows: to packed_width when given, so every batch
+    has one shape, which a compiled model needs). Packed rows carry position_ids (padding
+    forms its own isolated run); unpacked rows carry an attention_mask when padded."""
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(x["input_ids"]) for x in items)
+        if packed_width and "position_ids" in items[0]:
+            width = max(width, packed_width)
         batch = {"input_ids": torch.full((len(items), width), pad_id, dtype=torch.long),
                  "labels": torch.full((len(items), width), IGNORE, dtype=torch.long)}
         packed = "position_ids" in items[0]

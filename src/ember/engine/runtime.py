@@ -47,6 +47,9 @@ class Precision:
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=cfg.init_loss_scale)
                        if self.name == "fp16" else None)
         self.skipped_steps = 0
+        if device.type == "cpu" and self.name in ("bf16", "pure_bf16") and not cpu_has_bf16():
+            log.warning("%s on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 is emulated there and "
+                        "slower than fp32", self.name)
 
     def autocast(self):
         if self.autocast_dtype is None:
@@ -86,17 +89,27 @@ class Precision:
         self.skipped_steps = state.get("skipped_steps", 0)
 
 
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private probes of torch.cpu; when a release drops them, assume yes
+        return True
+
+
 def compile_model(model: torch.nn.Module) -> None:
     """torch.compile each repeated block in place (names, state dicts and wrappers unchanged).
 
     One block's code is compiled once and reused by every layer, so compilation takes seconds
     rather than minutes, and the elementwise work between matmuls (norms, rotary embeddings,
     activations, residual adds) fuses into few kernels. A model without repeated blocks is
-    compiled whole. Shapes are static: a new sequence length compiles once more.
+    compiled whole. The first shape compiles static; a block that meets another shape (a short
+    last batch, unpacked SFT rows) recompiles once with that dimension dynamic.
     """
     from .sharding import transformer_blocks
     blocks = transformer_blocks(model) or [model]
+    inner = {id(m) for block in blocks for m in block.modules() if m is not block}
+    blocks = [block for block in blocks if id(block) not in inner]  # a compiled block compiles its insides
     for block in blocks:
-        block.compile(dynamic=False)
+        block.compile()
     log.info("compile: torch.compile of %d %s (the first steps include compilation)", len(blocks),
              type(blocks[0]).__name__)

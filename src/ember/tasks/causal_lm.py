@@ -16,6 +16,11 @@ from ..engine.optim import default_param_groups
 from ..engine.task import Loss
 from ..models.finetuning import apply_finetuning
 from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
+from .lm_loss import linear_cross_entropy
+
+# model types whose causal-LM head is exactly `lm_head(last_hidden_state)` (no logit scaling
+# or soft-capping), so the loss may be taken from the hidden states directly
+PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
 
 
 class CausalLMTask:
@@ -63,7 +68,9 @@ class CausalLMTask:
         train = self._prepare(train_parts, "train")
         val = self._prepare(val_parts, "validation") if val_parts else None
         pad = self.tokenizer.pad_token_id
-        return train, val, collate_blocks(pad) if cfg.stage == "pt" else collate_sft(pad)
+        if cfg.stage == "pt":
+            return train, val, collate_blocks(pad)
+        return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
 
     # ---- model --------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -77,23 +84,81 @@ class CausalLMTask:
             model = new_causal_lm(cfg.model_config_, self.tokenizer)
         if model.get_input_embeddings().num_embeddings < len(self.tokenizer):
             model.resize_token_embeddings(len(self.tokenizer))
+        if cfg.stage == "sft" and cfg.packing and _packs_by_segments(model.config):
+            # packed rows: attention per sample (the sum of len² over samples), not over whole rows
+            from ..models.packed_attention import NAME
+            model.set_attn_implementation(NAME)
         return apply_finetuning(model, cfg)
 
     def param_groups(self, model):
         return default_param_groups(model, self.cfg)
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
+        # labels shift left (the logits stay where they are: slicing them would copy them);
+        # each row's last position predicts nothing
+        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
         # use_cache=False: no KV cache is needed in training, and only then does the decoder
         # isolate packed samples by their position_ids
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch.get("position_ids"), use_cache=False).logits
-        labels = batch["labels"][:, 1:]
-        logits = logits[:, :-1]
-        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                ignore_index=IGNORE, reduction="sum")
+        inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                      position_ids=batch.get("position_ids"), use_cache=False)
+        head = _plain_head(model)
+        if head is not None:  # the loss straight from the hidden states, no full logits tensor
+            hidden = model.get_decoder()(**inputs).last_hidden_state
+            total = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
+        else:
+            logits = model(**inputs).logits
+            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
+                                    ignore_index=IGNORE, reduction="sum")
         return {"model": Loss(total, (labels != IGNORE).sum())}
+
+    def flops(self, model, batch) -> torch.Tensor | int:
+        """Training FLOPs of one micro-batch, as PaLM counts them (appendix B): per real token
+        2 per weight for the forward pass, 2 for the gradient of the activations and 2 for the
+        gradient of each trainable weight (6N in full training), plus 12·L·H·Q·T for attention
+        over rows of T positions. N leaves out the input-embedding lookup (no matmul) but keeps
+        the output head, tied or not (it is a matmul over the vocabulary)."""
+        per_token, attention = self._flop_terms(model)
+        mask = batch.get("attention_mask")
+        width = batch["input_ids"].shape[1]
+        tokens = mask.sum() if mask is not None else batch["input_ids"].numel()
+        return tokens * (per_token + attention * width)
+
+    def _flop_terms(self, model) -> tuple[int, int]:
+        if getattr(self, "_flop_cache", (None,))[0] is not model:
+            embedding = model.get_input_embeddings().weight
+            matmul = [p for p in model.parameters() if p is not embedding and p.ndim >= 2]
+            total = sum(p.numel() for p in matmul)
+            trainable = sum(p.numel() for p in matmul if p.requires_grad)
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is embedding:  # tied: the head's matmul still runs
+                total += embedding.numel()
+                trainable += embedding.numel() if embedding.requires_grad else 0
+            config = model.config
+            heads = config.num_attention_heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            self._flop_cache = (model, 4 * total + 2 * trainable, 12 * config.num_hidden_layers * heads * head_dim)
+        return self._flop_cache[1:]
 
     def export(self, model, path: str, state_dict: dict | None = None) -> None:
         """HF model folder for full/freeze; a PEFT adapter (loadable onto the base) for LoRA/QLoRA."""
         model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
+
+
+def _packs_by_segments(config) -> bool:
+    """Plain causal self-attention through SDPA, no sliding window (its mask would be lost)."""
+    return (config.model_type in PLAIN_HEAD_TYPES and getattr(config, "_attn_implementation", None) == "sdpa"
+            and getattr(config, "sliding_window", None) is None)
+
+
+def _plain_head(model) -> torch.nn.Linear | None:
+    """The output layer when the fused loss may replace the model's own head, else None.
+
+    Only for a model called directly: DDP and FSDP must see their wrapper's forward (DDP has
+    no get_decoder; FSDP2 keeps weights sharded outside forward, as DTensors)."""
+    if not hasattr(model, "get_decoder") or getattr(model.config, "model_type", None) not in PLAIN_HEAD_TYPES:
+        return None
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear or head.bias is not None or type(head.weight) is not torch.nn.Parameter:
+        return None
+    return head
