@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ember against transformers' Trainer, a hand-written loop and the machine's matmul peak; writes
+# bench/results.json (under 20 minutes on 2 CPU cores; see docs/benchmarks.md). Not part of `make test`.
+bench: $(STAMP)
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -1,0 +1,97 @@
+"""`make bench`: every comparison in turn, then bench/results.json with the headline ratios.
+
+    python bench/run_all.py [--quick] [--threads 2] [--clock wall|cpu]
+
+Headline numbers (all from this one invocation, on this machine):
+  fixed_vs_trainer  ember tokens/s / Trainer's, fixed-length pretraining (the lower of 10m and 50m)
+  sft_vs_trainer    ember real tokens/s / Trainer's, variable-length SFT (packing vs padding)
+  vs_bare_loop      ember tokens/s / the hand-written loop's, both eager (the lowest over workloads)
+  rss_vs_trainer    ember peak RSS / Trainer's (the highest over workloads)
+  mfu_50m           ember's MFU on the 50m model against the measured fp32 matmul peak
+ember runs eager and with `compile: true`; per workload the headline takes the one that
+measured faster in this run (compile is kept only where it pays; `ember_config` says which).
+A full wall-clock run also rewrites the results section of docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import peak
+import pretrain
+import sft
+from ember.engine.runtime import cpu_has_bf16
+from harness import progress, save_json
+from report import update_doc
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+QUICK_RESULTS = Path(__file__).resolve().parent / "out" / "results-quick.json"  # never overwrites a real run
+TARGETS = {"fixed_vs_trainer": lambda v: v >= 1.15, "sft_vs_trainer": lambda v: v >= 2,
+           "vs_bare_loop": lambda v: v >= 0.97, "rss_vs_trainer": lambda v: v <= 1.0, "mfu_50m": lambda v: v >= 0.70}
+
+
+def best_ember(rows: dict) -> str:
+    return max(("ember", "ember_compile"), key=lambda name: rows[name]["tokens_per_s"] if name in rows else 0)
+
+
+def compare(workloads: dict[str, dict]) -> dict:
+    """Per workload: ember's best configuration against Trainer, and eager ember against the bare loop."""
+    out: dict = {"ember_config": {}, "vs_trainer": {}, "vs_bare_loop": {}, "rss_vs_trainer": {}, "mfu": {}}
+    for name, rows in workloads.items():
+        best = best_ember(rows)
+        out["ember_config"][name] = "compile: true" if best == "ember_compile" else "eager"
+        out["vs_trainer"][name] = rows[best]["tokens_per_s"] / rows["trainer"]["tokens_per_s"]
+        out["vs_bare_loop"][name] = rows["ember"]["tokens_per_s"] / rows["bare"]["tokens_per_s"]
+        out["rss_vs_trainer"][name] = rows[best]["peak_rss_mb"] / rows["trainer"]["peak_rss_mb"]
+        if "mfu" in rows[best]:
+            out["mfu"][name] = rows[best]["mfu"]
+    return out
+
+
+def main(quick: bool, threads: int, clock: str = "wall") -> dict:
+    start = time.time()
+    progress(f"ember bench ({'quick' if quick else 'full'}, {threads} thread(s), {clock} clock)")
+    machine = peak.main(threads, clock)
+    pt = pretrain.main(quick, threads, clock=clock)
+    ft = sft.main(quick, threads, clock=clock)
+    # bf16 autocast, where the CPU has bf16 instructions (elsewhere it is emulated: not worth timing)
+    bf16 = pretrain.main(quick, threads, "bf16", clock, models=["10m"]) if cpu_has_bf16() else None
+
+    workloads = {f"pretrain_{size}": entry["contenders"] for size, entry in pt["models"].items()}
+    details = compare({**workloads, "sft": ft["contenders"]})
+    if bf16:
+        details["bf16"] = compare({"pretrain_10m": bf16["models"]["10m"]["contenders"]})
+    results = {"fixed_vs_trainer": min(details["vs_trainer"][w] for w in workloads),
+               "sft_vs_trainer": details["vs_trainer"]["sft"],
+               "vs_bare_loop": min(details["vs_bare_loop"].values()),
+               "rss_vs_trainer": max(details["rss_vs_trainer"].values()),
+               "mfu_50m": details["mfu"].get("pretrain_50m")}
+    results["targets_met"] = {k: v is not None and TARGETS[k](v) for k, v in results.items()}
+    results.update(details=details, quick=quick, clock=clock, runtime_s=round(time.time() - start),
+                   date=time.strftime("%Y-%m-%d %H:%M"), pretrain=pt, sft=ft, pretrain_bf16=bf16,
+                   machine={"cpu": machine["cpu"], "threads": threads, "peak_flops": machine["peak_flops"],
+                            "torch": torch.__version__, "python": platform.python_version()})
+
+    path = QUICK_RESULTS if quick or clock != "wall" else RESULTS
+    save_json(path, results)
+    if path == RESULTS:
+        update_doc(results)  # docs/benchmarks.md shows the last full run
+    progress("results: " + ", ".join(f"{k} {results[k]:.3g}" for k in TARGETS if results[k] is not None))
+    progress("targets: " + ", ".join(f"{k} {'met' if ok else 'NOT met'}" for k, ok in results["targets_met"].items()))
+    progress(f"wrote {path} after {results['runtime_s'] / 60:.1f} min")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny batches and few steps: checks the plumbing")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: time steps by CPU time (with --threads 1, for a machine other jobs share); "
+                             "results go to bench/out/results-quick.json")
+    args = parser.parse_args()
+    main(args.quick, args.threads, args.clock)

@@ -1,0 +1,75 @@
+"""The benchmark's own arithmetic and data, checked without timing anything.
+
+The bench must count FLOPs exactly as ember's training-time `mfu` does, feed every contender
+the same SFT tokens, and turn step logs into tokens/s as its docs say.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import harness  # noqa: E402
+import workloads  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return workloads.load_tokenizer()
+
+
+def test_bench_flops_match_the_task_hook_behind_the_logged_mfu(tokenizer, make_config, tmp_path):
+    from ember.tasks import build_task
+    config = workloads.model_config("10m", tokenizer)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    task = build_task(make_config(model_config=str(tmp_path / "config.json"),
+                                  tokenizer_name_or_path=str(workloads.TOKENIZER)))
+    model = task.build_model()
+    batch = {"input_ids": torch.zeros(2, 256, dtype=torch.long)}
+    assert task.flops(model, batch) == 2 * 256 * harness.flops_per_token(config, 256)
+
+
+def test_models_have_the_advertised_sizes(tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    for name, millions in (("10m", 10.6), ("50m", 49.6)):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**workloads.model_config(name, tokenizer)))
+        non_embedding = sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+        assert non_embedding / 1e6 == pytest.approx(millions, abs=0.1), name
+
+
+def test_sft_rows_are_encoded_as_ember_encodes_them(tokenizer, tmp_path):
+    """The Trainer and bare-loop contenders tokenise SFT rows themselves; ember's template
+    'default' must give the very same ids and labels, or the comparison is not like for like."""
+    from ember.data.registry import DatasetSpec
+    from ember.data.sft import encode_conversation, to_messages
+    from ember.data.templates import ensure_chat_template
+    ensure_chat_template(tokenizer, "default")
+    rows = json.loads(workloads.write_sft_set(tmp_path, 40).read_text())
+    spec = DatasetSpec(name="sft", path=tmp_path / "sft.json",
+                       columns={"prompt": "instruction", "query": "input", "response": "output"})
+    assert any(row["input"] for row in rows) and not all(row["input"] for row in rows)
+    for row in rows:
+        ids, labels, _ = encode_conversation(to_messages(row, spec), tokenizer, 512)
+        assert (ids, labels) == workloads.encode_sft_row(row, tokenizer, 512)
+
+
+def test_sft_lengths_are_skewed_like_alpaca(tokenizer, tmp_path):
+    rows = json.loads(workloads.write_sft_set(tmp_path, 1000).read_text())
+    lengths = sorted(len(workloads.encode_sft_row(r, tokenizer, 10_000)[0]) for r in rows)
+    median, p90, longest = lengths[500], lengths[900], lengths[-1]
+    assert 80 < median < 160 and p90 > 2 * median and longest > 4 * median
+
+
+def test_tokens_per_second_from_step_ends():
+    raw = {"ends": [10.0, 11.0, 12.0, 14.0, 15.0, 16.0], "cpu_ends": [0, 1, 2, 3, 4, 5],
+           "tokens": [100, 100, 100, 100, 100, 100], "launched": 4.0, "peak_rss_mb": 1.0, "wall_s": 20.0}
+    fixed = harness.summarise(raw, warmup=1, aggregate=False)  # timed: steps 2..5 → 1, 2, 1, 1 s
+    assert fixed["tokens_per_s"] == 100 and fixed["timed_steps"] == 4 and fixed["first_step_s"] == 6.0
+    assert harness.summarise(raw, warmup=1, aggregate=True)["tokens_per_s"] == 400 / 5
+    assert harness.summarise(raw, warmup=1, aggregate=False, clock="cpu")["tokens_per_s"] == 100
