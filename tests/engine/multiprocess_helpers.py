@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ember.config import build_config
 from ember.tasks import build_task
 
-from conftest import curve, read_metrics  # noqa: F401 (curve: re-exported to the tests)
+from conftest import curve  # noqa: F401 (re-exported: the distributed tests import it from here)
 
 CUTOFF = 48
 GLOBAL_BATCH = 8

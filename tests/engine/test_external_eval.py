@@ -1,5 +1,4 @@
 """eval_command: checkpoints evaluated in the background, results logged at their own step."""
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ def test_results_from_the_output_file_and_from_stdout(tmp_path):
     to_file.submit(ckpt, 5)
     assert _finish(to_file) == [{"step": 5, "external/acc": 0.5, "external/sub/f1": 1.0}]
 
-    to_stdout = ExternalEval(f"echo evaluating {{checkpoint}} at {{step}}; echo '{{\"acc\": 0.25, \"name\": \"x\"}}'",
+    to_stdout = ExternalEval("echo evaluating {checkpoint} at {step}; echo '{\"acc\": 0.25, \"name\": \"x\"}'",
                              tmp_path)
     to_stdout.submit(ckpt, 7)
     assert _finish(to_stdout) == [{"step": 7, "external/acc": 0.25}]

@@ -25,7 +25,7 @@ from ember.engine.preemption import Preempted
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
-from conftest import curve, read_metrics
+from conftest import curve
 
 EMBER = str(Path(sys.executable).parent / "ember")
 SMALL = dict(cutoff_len=32, per_device_train_batch_size=4, max_samples=12, logging_steps=1, learning_rate=1e-3)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datasets
 import torch
-import torch.nn.functional as F
 
 from ..config.errors import ConfigError
 from ..data.packing import build_sft_dataset, collate_sft
@@ -16,7 +15,7 @@ from ..engine.optim import default_param_groups
 from ..engine.task import Loss
 from ..models.finetuning import apply_finetuning
 from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
-from .lm_loss import linear_cross_entropy
+from .lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
 
 # model types whose causal-LM head is exactly `lm_head(last_hidden_state)` (no logit scaling
 # or soft-capping), so the loss may be taken from the hidden states directly
@@ -94,9 +93,7 @@ class CausalLMTask:
         return default_param_groups(model, self.cfg)
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
-        # labels shift left (the logits stay where they are: slicing them would copy them);
-        # each row's last position predicts nothing
-        labels = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE)
+        labels = next_token_labels(batch["labels"])
         # use_cache=False: no KV cache is needed in training, and only then does the decoder
         # isolate packed samples by their position_ids
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
@@ -106,9 +103,7 @@ class CausalLMTask:
             hidden = model.get_decoder()(**inputs).last_hidden_state
             total = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
         else:
-            logits = model(**inputs).logits
-            total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                    ignore_index=IGNORE, reduction="sum")
+            total = logits_cross_entropy(model(**inputs).logits, labels)
         return {"model": Loss(total, (labels != IGNORE).sum())}
 
     def flops(self, model, batch) -> torch.Tensor | int:

@@ -70,6 +70,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, None, None
 
 
+def next_token_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Labels shifted left, so position t is scored on token t+1; each row's last position
+    predicts nothing. Shifting the labels, not the logits, avoids copying the logits."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
+
+
+def logits_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of [..., vocab] logits against aligned labels, softmax in fp32."""
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+
+
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """sum over rows of cross_entropy(hidden @ weight.T, labels), rows labelled IGNORE left out.
 

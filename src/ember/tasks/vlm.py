@@ -14,7 +14,6 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from peft import PeftModel
 
 from ..config.errors import ConfigError
@@ -28,6 +27,7 @@ from ..models.finetuning import apply_finetuning
 from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ..models.vision import load_vision_encoder, read_vision_config
 from ..models.vlm import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
+from .lm_loss import logits_cross_entropy, next_token_labels
 
 log = logging.getLogger("ember")
 IMAGE_TOKEN = "<|image|>"
@@ -127,10 +127,8 @@ class VLMTask:
                      position_ids=batch["position_ids"])
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
-        logits = self._logits(model, batch)[:, :-1]
-        labels = batch["labels"][:, 1:]
-        total = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
-                                ignore_index=IGNORE, reduction="sum")
+        labels = next_token_labels(batch["labels"])
+        total = logits_cross_entropy(self._logits(model, batch), labels)
         return {"model": Loss(total, (labels != IGNORE).sum())}
 
     def eval_metrics(self, model, batch) -> dict[str, float]:
