@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -165,6 +166,22 @@ def test_non_empty_output_dir_is_accepted_with_overwrite_output_dir(make_config,
     assert steps == [1, 2], "the old run's metrics are replaced, not appended to"
     assert (out / "notes.txt").read_text() == "mine", "files ember did not write are left alone"
     assert load_config([str(out / "config.yaml")]) == cfg
+
+
+def test_a_run_stopped_by_bad_data_leaves_output_dir_reusable(make_config, train, corpus_dir, tmp_path):
+    """The data is read after config.yaml is written; once the user fixes the line, the same
+    command must run, not stop on 'output_dir is not empty' because of the failed attempt."""
+    data = tmp_path / "data"
+    shutil.copytree(corpus_dir, data)
+    good = (data / "tiny.jsonl").read_text()
+    (data / "tiny.jsonl").write_text(good + '{"content": "an unterminated string}\n')
+    cfg = make_config(dataset="tiny_json", dataset_dir=str(data), max_steps=1, cutoff_len=32, overwrite_cache=True)
+    with pytest.raises(ConfigError, match="tiny.jsonl"):
+        train(cfg)
+    assert sorted(p.name for p in Path(cfg.output_dir).iterdir()) == ["config.yaml"]
+    (data / "tiny.jsonl").write_text(good)
+    train(cfg)
+    assert [r["step"] for r in read_metrics(cfg.output_dir)] == [1]
 
 
 # ---- the resolved config repeats the run ----------------------------------------------------

@@ -20,7 +20,9 @@ def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: b
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
-    busy = root.is_dir() and any(root.iterdir())
+    # a lone config.yaml is what a run stopped during set-up leaves (bad data, a refused
+    # combination): the corrected run may write over it without overwrite_output_dir
+    busy = root.is_dir() and any(path.name != "config.yaml" for path in root.iterdir())
     overwrite = cfg.overwrite_output_dir or fresh_start
     if busy and not (resuming or overwrite):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
