@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ember.config import build_config
+from ember.config import ConfigError, build_config
 from ember.engine.checkpoint import is_complete
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
@@ -360,3 +360,43 @@ def test_fsdp_cpu_offload_trains_on_a_cpu_machine(make_config, train, tmp_path):
                                 output_dir=str(tmp_path / "offload")))
     assert offload.state["step"] == plain.state["step"] == 6
     assert_same_curve(tmp_path / "offload", tmp_path / "plain")
+
+
+class TwoOptimizers:
+    """The language-model task with its weights split between two optimizers, each stepped by
+    the same loss (as a GAN task splits generator and discriminator)."""
+
+    def __init__(self, task):
+        self.task, self.initial = task, {}
+
+    def __getattr__(self, name):
+        return getattr(self.task, name)
+
+    def build_model(self):
+        model = self.task.build_model()
+        self.initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+        return model
+
+    def param_groups(self, model):
+        named = list(model.named_parameters())
+        return {"layers": [{"params": [p for n, p in named if ".layers." in n]}],
+                "rest": [{"params": [p for n, p in named if ".layers." not in n]}]}
+
+    def training_step(self, model, batch, step):
+        loss = self.task.training_step(model, batch, step)["model"]
+        return {"layers": loss, "rest": loss}
+
+
+def test_several_optimizers_under_fsdp_are_refused_not_silently_untrained(make_config):
+    """Under FSDP2 backward(inputs=sharded parameters) gives them no gradient: such a run would
+    train nothing and say nothing. The engine refuses it; the same task trains both groups
+    without FSDP, in the same output_dir (the refused run left only its config.yaml)."""
+    cfg = make_config(distributed_strategy="fsdp", max_steps=2)
+    with pytest.raises(ConfigError, match="several optimizers .layers, rest.; use ddp"):
+        Trainer(cfg, TwoOptimizers(build_task(cfg))).fit()
+    cfg = make_config(max_steps=2)
+    task = TwoOptimizers(build_task(cfg))
+    trainer = Trainer(cfg, task)
+    trainer.fit()
+    changed = {n for n, p in trainer.raw.named_parameters() if not torch.equal(p.detach(), task.initial[n])}
+    assert any(".layers." in n for n in changed) and any(".layers." not in n for n in changed), changed

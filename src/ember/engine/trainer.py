@@ -12,6 +12,7 @@ import time
 
 import torch
 
+from ..config.errors import ConfigError
 from ..config.run_name import auto_run_name
 from ..data.sampling import BatchStream
 from .checkpoint import set_rng_state
@@ -62,6 +63,12 @@ class Trainer:
         self.model = self.build_model()
         groups = (self.task.param_groups(self.raw) if hasattr(self.task, "param_groups")
                   else default_param_groups(self.raw, cfg))
+        if len(groups) > 1 and world.strategy == "fsdp":
+            # each optimizer's gradients are kept apart by backward(inputs=its parameters), and
+            # FSDP2's sharded parameters are not in the autograd graph (the forward uses gathered
+            # copies): they would get no gradient, and the run would train nothing without error
+            raise ConfigError(f"distributed_strategy: fsdp cannot train a task with several optimizers "
+                              f"({', '.join(groups)}); use ddp")
         self.optimizers = {name: build_optimizer(g, cfg, self.device) for name, g in groups.items()}
         self.params = {name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()}
         self.state_io = StateIO(world, self.model, self.raw)
