@@ -6,6 +6,7 @@ imports and builds. Every child gets the same thread count and a cold datasets/i
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -94,6 +95,20 @@ def workspace(name: str, keep: bool):
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     yield path
+
+
+def arguments(doc: str, workload: bool = True) -> argparse.ArgumentParser:
+    """The options every bench script takes (a workload script also --quick, --keep, --contenders)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="cpu: time steps by CPU time (with --threads 1, for a machine other jobs share)")
+    if workload:
+        parser.add_argument("--quick", action="store_true", help="tiny batches and few steps: checks the plumbing")
+        parser.add_argument("--keep", action="store_true", help="keep data, logs and runs in bench/out/work")
+        parser.add_argument("--contenders", type=lambda s: s.split(","),
+                            help="comma-separated subset, e.g. ember,trainer")
+    return parser
 
 
 def progress(message: str) -> None:

@@ -8,13 +8,12 @@ training-time `mfu` measures its own, quicker estimate at start-up).
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import torch
 
-from harness import progress, save_json
+from harness import arguments, progress, save_json
 
 OUT = Path(__file__).resolve().parent / "out" / "peak.json"
 SIZES = (2048, 3072, 4096)
@@ -53,8 +52,5 @@ def _cpu_name() -> str:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    args = parser.parse_args()
+    args = arguments(__doc__, workload=False).parse_args()
     main(args.threads, args.clock)

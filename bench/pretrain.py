@@ -10,10 +10,9 @@ from launch to the end of the first step.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from harness import flops_per_token, load_json, progress, run_contender, save_json, summarise, workspace
+from harness import arguments, flops_per_token, load_json, progress, run_contender, save_json, summarise, workspace
 from peak import OUT as PEAK
 from workloads import load_tokenizer, model_config, write_dataset_info, write_pretrain_corpus
 
@@ -59,15 +58,9 @@ def main(quick: bool, threads: int, precision: str = "fp32", clock: str = "wall"
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny batches and few steps: checks the plumbing")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep", action="store_true", help="keep data, logs and runs in bench/out/work")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: time steps by CPU time (with --threads 1, for a machine other jobs share)")
-    parser.add_argument("--models", help="comma-separated subset, e.g. 10m")
+    parser = arguments(__doc__)
+    parser.add_argument("--models", type=lambda s: s.split(","), help="comma-separated subset, e.g. 10m")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    parser.add_argument("--contenders", help="comma-separated subset, e.g. ember,bare")
     args = parser.parse_args()
-    main(args.quick, args.threads, args.precision, clock=args.clock, models=args.models and args.models.split(","),
-         contenders=args.contenders and args.contenders.split(","), keep=args.keep)
+    main(args.quick, args.threads, args.precision, clock=args.clock, models=args.models, contenders=args.contenders,
+         keep=args.keep)

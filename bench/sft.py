@@ -10,10 +10,9 @@ per step vary, is the timed steps' real tokens over their total time.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from harness import load_json, progress, run_contender, save_json, summarise, workspace
+from harness import arguments, load_json, progress, run_contender, save_json, summarise, workspace
 from peak import OUT as PEAK
 from workloads import load_tokenizer, model_config, write_dataset_info, write_sft_set
 
@@ -52,13 +51,5 @@ def main(quick: bool, threads: int, precision: str = "fp32", clock: str = "wall"
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny batches and few steps: checks the plumbing")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--keep", action="store_true", help="keep data, logs and runs in bench/out/work")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="cpu: time steps by CPU time (with --threads 1, for a machine other jobs share)")
-    parser.add_argument("--contenders", help="comma-separated subset, e.g. ember,trainer")
-    args = parser.parse_args()
-    main(args.quick, args.threads, clock=args.clock, contenders=args.contenders and args.contenders.split(","),
-         keep=args.keep)
+    args = arguments(__doc__).parse_args()
+    main(args.quick, args.threads, clock=args.clock, contenders=args.contenders, keep=args.keep)
