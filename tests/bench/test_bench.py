@@ -73,3 +73,30 @@ def test_tokens_per_second_from_step_ends():
     assert fixed["tokens_per_s"] == 100 and fixed["timed_steps"] == 4 and fixed["first_step_s"] == 6.0
     assert harness.summarise(raw, warmup=1, aggregate=True)["tokens_per_s"] == 400 / 5
     assert harness.summarise(raw, warmup=1, aggregate=False, clock="cpu")["tokens_per_s"] == 100
+
+
+def _row(tokens_per_s: float, rss: float, mfu: float | None = None) -> dict:
+    return {"tokens_per_s": tokens_per_s, "peak_rss_mb": rss, **({"mfu": mfu} if mfu is not None else {})}
+
+
+def test_headline_takes_the_faster_ember_and_the_worst_case_over_workloads():
+    """results.json's ratios: per workload ember's faster configuration against Trainer, eager
+    ember against the bare loop; the headline is the least favourable workload."""
+    import run_all
+    pretrain = {"models": {
+        "10m": {"contenders": {"trainer": _row(100, 1000), "bare": _row(110, 1000), "ember": _row(105, 900, 0.5),
+                               "ember_compile": _row(130, 800, 0.6)}},
+        "50m": {"contenders": {"trainer": _row(50, 2000), "bare": _row(50, 2000), "ember": _row(55, 2100, 0.75),
+                               "ember_compile": _row(52, 1900, 0.7)}}}}
+    sft = {"contenders": {"trainer": _row(10, 3000), "bare": _row(25, 3000), "ember": _row(30, 2500),
+                          "ember_compile": _row(31, 2400)}}
+    results = run_all.headline(pretrain, sft, None)
+    assert results["fixed_vs_trainer"] == pytest.approx(55 / 50)  # 50m, eager was faster there
+    assert results["details"]["vs_trainer"]["pretrain_10m"] == pytest.approx(1.3)
+    assert results["sft_vs_trainer"] == pytest.approx(3.1)
+    assert results["vs_bare_loop"] == pytest.approx(105 / 110)  # eager ember against the loop, 10m
+    assert results["rss_vs_trainer"] == pytest.approx(2100 / 2000)  # the configuration whose speed was taken
+    assert results["mfu_50m"] == 0.75
+    assert results["targets_met"] == {"fixed_vs_trainer": False, "sft_vs_trainer": True, "vs_bare_loop": False,
+                                      "rss_vs_trainer": False, "mfu_50m": True}
+    assert "fixed_vs_trainer_bf16" not in results
