@@ -22,6 +22,10 @@ BENCH = Path(__file__).resolve().parent
 PYTHON = sys.executable
 
 
+class ContenderFailed(RuntimeError):
+    pass
+
+
 def run_contender(name: str, spec: dict, workdir: Path) -> dict:
     """Run bench/contender_<name>.py on `spec`; the raw step log plus peak RSS and start time."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -39,11 +43,11 @@ def run_contender(name: str, spec: dict, workdir: Path) -> dict:
         proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not (workdir / "result.json").exists():
         tail = (workdir / "log.txt").read_text(errors="replace").splitlines()[-25:]
-        raise RuntimeError(f"contender {name} failed (exit {proc.returncode}); end of {workdir}/log.txt:\n"
-                           + "\n".join(tail))
+        raise ContenderFailed(f"contender {name} failed (exit {proc.returncode}); the end of its log ({workdir}/log.txt, "
+                              "kept with --keep):\n" + "\n".join(tail))
     result = json.loads((workdir / "result.json").read_text())
     if result.get("threads") != spec["threads"]:
-        raise RuntimeError(f"contender {name} trained with {result.get('threads')} threads, not {spec['threads']}")
+        raise ContenderFailed(f"contender {name} trained with {result.get('threads')} threads, not {spec['threads']}")
     return {**result, "launched": launched, "peak_rss_mb": usage.ru_maxrss / 1024,
             "wall_s": time.time() - launched}
 
@@ -120,5 +124,12 @@ def load_json(path: Path) -> dict:
 
 
 def save_json(path: Path, data: dict) -> None:
+    write_atomically(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Whole or not at all: an interrupted bench never leaves a truncated result or doc behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=1) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from harness import write_atomically
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 NAMES = {"ember": "ember", "ember_compile": "ember, `compile: true`", "trainer": "Trainer", "bare": "bare loop"}
@@ -67,7 +69,7 @@ def update_doc(results: dict) -> None:
     if START not in text or END not in text:
         return
     head, rest = text.split(START, 1)
-    DOC.write_text(head + START + "\n" + render(results) + END + rest.split(END, 1)[1])
+    write_atomically(DOC, head + START + "\n" + render(results) + END + rest.split(END, 1)[1])
 
 
 if __name__ == "__main__":

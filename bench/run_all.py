@@ -25,7 +25,7 @@ import peak
 import pretrain
 import sft
 from ember.engine.runtime import cpu_has_bf16
-from harness import arguments, progress, save_json
+from harness import ContenderFailed, arguments, progress, save_json
 from report import update_doc
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -107,4 +107,7 @@ if __name__ == "__main__":
     parser = arguments(__doc__, workload=False)
     parser.add_argument("--quick", action="store_true", help="tiny batches and few steps: checks the plumbing")
     args = parser.parse_args()
-    main(args.quick, args.threads, args.clock)
+    try:
+        main(args.quick, args.threads, args.clock)
+    except ContenderFailed as failure:  # the comparisons finished before it are in bench/out/
+        raise SystemExit(f"bench: error: {failure}")

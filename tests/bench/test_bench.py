@@ -100,3 +100,18 @@ def test_headline_takes_the_faster_ember_and_the_worst_case_over_workloads():
     assert results["targets_met"] == {"fixed_vs_trainer": False, "sft_vs_trainer": True, "vs_bare_loop": False,
                                       "rss_vs_trainer": False, "mfu_50m": True}
     assert "fixed_vs_trainer_bf16" not in results
+
+
+def test_a_failing_contender_is_named_with_the_end_of_its_log(tmp_path):
+    (tmp_path / "spec").mkdir()
+    with pytest.raises(harness.ContenderFailed, match=r"contender missing failed \(exit 2\)[\s\S]*contender_missing\.py"):
+        harness.run_contender("missing", {"threads": 1}, tmp_path / "spec")
+
+
+def test_results_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+    harness.save_json(path, {"fixed_vs_trainer": 1.0})
+    monkeypatch.setattr(harness.os, "replace", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        harness.save_json(path, {"fixed_vs_trainer": 2.0})
+    assert json.loads(path.read_text()) == {"fixed_vs_trainer": 1.0}, "an interrupted write replaced the last result"
