@@ -177,6 +177,20 @@ def test_malformed_rows_are_dropped_and_counted(tmp_path, sft_config, caplog):
     assert any(re.search(r"\b2 dropped", m) and "chats" in m for m in warnings), warnings
 
 
+def test_a_batch_is_tokenized_as_each_conversation_alone(tmp_path, sft_config, tokenizer):
+    """encode_sft tokenizes all pieces of a batch in one call; the rows it keeps must be exactly
+    what encoding each conversation on its own gives, malformed rows in between or not."""
+    good = [{"from": "human", "value": "What is while?"}, {"from": "gpt", "value": "The while loop repeats."}]
+    longer = good + [{"from": "human", "value": "And break?"}, {"from": "gpt", "value": "It leaves the loop."}]
+    rows = [{"conversations": good}, {"conversations": [{"from": "human", "value": "Q"}]},
+            {"conversations": longer}, {"conversations": [{"from": "system", "value": "Be brief."}] + good}]
+    root = write_dataset(tmp_path / "d", {"chats": ({"formatting": "sharegpt"}, rows)})
+    train, _, _ = build_task(sft_config(dataset="chats", dataset_dir=str(root))).build_data()
+    expected = [encode_conversation(to_messages(row, spec("sharegpt")), tokenizer, 1024)[:2]
+                for row in rows if to_messages(row, spec("sharegpt")) is not None]
+    assert sorted((list(x["input_ids"]), list(x["labels"])) for x in train) == sorted(expected)
+
+
 def test_all_rows_malformed_is_a_config_error(tmp_path, sft_config):
     rows = [{"conversations": [{"from": "human", "value": "Q"}]}] * 3
     root = write_dataset(tmp_path / "d", {"chats": ({"formatting": "sharegpt"}, rows)})

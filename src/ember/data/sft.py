@@ -74,29 +74,43 @@ def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
 
 def encode_conversation(messages: list[dict], tokenizer, cutoff_len: int, train_on_prompt: bool = False,
                         mask_history: bool = False) -> tuple[list[int], list[int], int]:
-    """Render with the chat template, cut the text at each assistant turn's edges, tokenize the
-    prompt and answer pieces separately (so no token straddles an edge) and label the answers;
-    truncate to cutoff_len."""
+    """Token ids and labels of one conversation (answers labelled), truncated to cutoff_len."""
+    pieces = conversation_pieces(messages, tokenizer, mask_history)
+    return label_pieces(pieces, _tokenize([text for text, _ in pieces], tokenizer), cutoff_len, train_on_prompt)
+
+
+def conversation_pieces(messages: list[dict], tokenizer, mask_history: bool = False) -> list[tuple[str, bool]]:
+    """The text rendered with the chat template, cut at each assistant turn's edges into
+    (text, is_supervised_answer) pieces, so prompt and answer are tokenized separately and no
+    token straddles an edge."""
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     supervised = set(turns[-1:] if mask_history else turns)
-    pieces, cursor = [], 0  # (text, is_answer)
+    pieces, cursor = [], 0
     for i in turns:
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        upto = text if i + 1 == len(messages) else tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
         if not text.startswith(upto) or not upto.startswith(prefix) or len(prefix) < cursor:
             raise ConfigError("the chat template does not render conversations turn by turn, so assistant "
                               "tokens cannot be located; choose another template")
         pieces += [(text[cursor:len(prefix)], False), (text[len(prefix):len(upto)], i in supervised)]
         cursor = len(upto)
     pieces.append((text[cursor:], False))
+    return [(piece, is_answer) for piece, is_answer in pieces if piece]
+
+
+def _tokenize(texts: list[str], tokenizer) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def label_pieces(pieces: list[tuple[str, bool]], piece_ids: list[list[int]], cutoff_len: int,
+                 train_on_prompt: bool = False) -> tuple[list[int], list[int], int]:
+    """Join the tokenized pieces, label the answers (everything with train_on_prompt), truncate."""
     ids: list[int] = []
     labels: list[int] = []
-    for piece, is_answer in pieces:
-        if piece:
-            piece_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
-            ids += piece_ids
-            labels += piece_ids if (is_answer or train_on_prompt) else [IGNORE] * len(piece_ids)
+    for (_, is_answer), part in zip(pieces, piece_ids):
+        ids += part
+        labels += part if (is_answer or train_on_prompt) else [IGNORE] * len(part)
     status = OK
     if len(ids) > cutoff_len:
         ids, labels = ids[:cutoff_len], labels[:cutoff_len]
@@ -110,14 +124,22 @@ def encode_sft(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datas
     check_columns(ds, spec)
 
     def encode(batch):
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        conversations = [to_messages(row, spec) for row in rows]
+        pieces = [conversation_pieces(m, tokenizer, cfg.mask_history) if m is not None else None
+                  for m in conversations]
+        # one tokenizer call for every piece of the batch: the fast tokenizer's batch path
+        # runs in Rust, where one call per piece would pay Python's overhead each time
+        flat = _tokenize([text for row in pieces if row is not None for text, _ in row], tokenizer)
         out = {"input_ids": [], "labels": [], "status": []}
-        for row in (dict(zip(batch, values)) for values in zip(*batch.values())):
-            messages = to_messages(row, spec)
-            if messages is None:
+        start = 0
+        for row in pieces:
+            if row is None:  # malformed
                 ids, labels, status = [], [], DROPPED
             else:
-                ids, labels, status = encode_conversation(messages, tokenizer, cfg.cutoff_len,
-                                                          cfg.train_on_prompt, cfg.mask_history)
+                ids, labels, status = label_pieces(row, flat[start:start + len(row)], cfg.cutoff_len,
+                                                   cfg.train_on_prompt)
+                start += len(row)
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["status"].append(status)
