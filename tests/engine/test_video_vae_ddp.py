@@ -13,6 +13,9 @@ Runs (each once per module):
 
 Each clip's posterior noise is seeded by (seed, step, clip index), so sampling does not depend on
 how the clips are spread over processes. SGD with momentum, for the reason test_distributed.py gives.
+DDP does not re-send the EMA buffers (the model says every rank keeps them itself); each rank
+evaluates its validation shard with its own EMA, so a rank whose EMA drifted would change the
+logged ema_psnr.
 """
 from __future__ import annotations
 

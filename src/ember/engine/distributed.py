@@ -113,7 +113,10 @@ class World:
             # a model whose forward may leave parameters out (a VLM batch without images) says so;
             # DDP then looks for them every step instead of waiting for their gradients forever
             unused = bool(getattr(model, "forward_may_skip_parameters", False))
-            return DDP(model, device_ids=ids, find_unused_parameters=unused)
+            # buffers are re-sent from rank 0 at every forward unless the model says each rank
+            # keeps them identical itself (an EMA updated from the same weights everywhere)
+            broadcast = bool(getattr(model, "ddp_broadcast_buffers", True))
+            return DDP(model, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=broadcast)
         return model
 
     @staticmethod

@@ -46,6 +46,9 @@ class VideoVAEModel(nn.Module):
         # before disc_start the discriminator takes no part in a step: DDP must look for the
         # parameters a forward leaves out (the engine reads this when it wraps the model)
         self.forward_may_skip_parameters = discriminator is not None
+        # the EMA buffers (a second copy of the VAE) change only through updates that every rank
+        # applies to identical weights: DDP re-sending them from rank 0 at every forward is waste
+        self.ddp_broadcast_buffers = False
 
     def forward(self, x_bcthw: torch.Tensor, sample: bool = True, gan: bool = False, run=None,
                 noise_seeds: list[int] | None = None) -> dict:
