@@ -47,6 +47,18 @@ def test_packed_rows_match_the_masked_sdpa_path(kv_heads):
         torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+def test_where_rows_are_not_split_the_mask_keeps_samples_apart(monkeypatch):
+    """On a GPU the attention does not split rows (that would sync): transformers' packing mask
+    must then reach SDPA, or every sample would attend to the ones before it in its row."""
+    import ember.models.packed_attention as packed
+    monkeypatch.setattr(packed, "splits_on", lambda device: False)  # what a CUDA tensor gets
+    stock, ours = models(2)
+    ids, positions = packed_rows()
+    want = stock(input_ids=ids, position_ids=positions, use_cache=False).logits
+    got = ours(input_ids=ids, position_ids=positions, use_cache=False).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_padding_masks_and_unpacked_rows_take_the_stock_path():
     stock, ours = models(4)
     ids, _ = packed_rows()

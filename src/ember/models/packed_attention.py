@@ -10,7 +10,9 @@ the same (each query sees exactly the same keys).
 Registered with transformers' AttentionInterface as "ember_packed", a public extension point:
 rows without packing, or with a padding mask, go to the stock SDPA path unchanged. The split
 needs the sample boundaries on the host, so it is used for CPU tensors only (on a GPU it
-would cost a sync per step; flash_attention_2 handles packed rows there).
+would cost a sync per step); elsewhere the mask keeps transformers' block-diagonal packing
+mask and the stock SDPA path isolates the samples. `splits_on` decides both, so the mask is
+only ever dropped where the attention splits.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ def _segment_lengths(position_ids: torch.Tensor) -> list[int] | None:
     return [b - a for a, b in zip(starts[:-1], starts[1:])]
 
 
+def splits_on(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cpu"
+
+
 _last: tuple = (None, None)  # (position_ids, lengths): every layer of one forward shares them
 
 
@@ -44,7 +50,7 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     global _last
     position_ids = kwargs.get("position_ids")
     lengths = None
-    if (attention_mask is None and position_ids is not None and query.device.type == "cpu"
+    if (attention_mask is None and position_ids is not None and splits_on(query.device)
             and query.shape[2] > 1 and position_ids.shape[-1] == query.shape[2]):
         if _last[0] is not position_ids:
             _last = (position_ids, _segment_lengths(position_ids.expand(query.shape[0], -1)))
@@ -65,12 +71,13 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     return out, None
 
 
-def packed_attention_mask(*args, attention_mask=None, **kwargs):
-    """No mask at all without padding (packing and causality are handled by the attention
-    above); with a padding mask, the usual SDPA mask."""
-    if attention_mask is None:
+def packed_attention_mask(*args, attention_mask=None, device="cpu", **kwargs):
+    """No mask at all without padding where the attention above splits packed rows itself
+    (packing and causality are handled there); otherwise the usual SDPA mask, which carries the
+    padding and transformers' block-diagonal mask of packed samples."""
+    if attention_mask is None and splits_on(device):
         return None
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(*args, attention_mask=attention_mask, device=device, **kwargs)
 
 
 AttentionInterface.register(NAME, packed_attention_forward)

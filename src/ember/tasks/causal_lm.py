@@ -94,8 +94,8 @@ class CausalLMTask:
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
         labels = next_token_labels(batch["labels"])
-        # use_cache=False: no KV cache is needed in training, and only then does the decoder
-        # isolate packed samples by their position_ids
+        # use_cache=False: no KV cache is needed in training, and only then does transformers'
+        # mask isolate packed samples by their position_ids (on CPU ember_packed splits them itself)
         inputs = dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
                       position_ids=batch.get("position_ids"), use_cache=False)
         head = _plain_head(model)
