@@ -32,6 +32,7 @@ def grads(fn, hidden, weight, labels, scale=0.37):
 @pytest.mark.parametrize("chunk_elements", [500 * 16, 500 * 64, 1 << 21])  # many chunks, a few, one
 def test_value_and_gradients_match_cross_entropy(monkeypatch, chunk_elements):
     monkeypatch.setattr(lm_loss, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(lm_loss, "MIN_ROWS", 16)
     hidden, weight, labels = inputs()
     ours = grads(linear_cross_entropy, hidden, weight, labels)
     theirs = grads(reference, hidden, weight, labels)
@@ -66,7 +67,9 @@ def test_without_grad_only_the_loss_is_computed():
     torch.testing.assert_close(loss, reference(hidden, weight, labels).detach())
 
 
-def test_bf16_autocast_runs_the_matmul_in_bf16_as_a_linear_layer_would():
+def test_bf16_autocast_runs_the_matmul_in_bf16_as_a_linear_layer_would(monkeypatch):
+    monkeypatch.setattr(lm_loss, "CHUNK_ELEMENTS", 500 * 16)  # several chunks: bf16 parts summed in fp32
+    monkeypatch.setattr(lm_loss, "MIN_ROWS", 16)
     hidden, weight, labels = inputs()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ours = grads(linear_cross_entropy, hidden, weight, labels)
@@ -82,6 +85,7 @@ def test_bf16_autocast_runs_the_matmul_in_bf16_as_a_linear_layer_would():
 def test_the_full_logits_are_never_materialised(monkeypatch):
     """No tensor of rows x vocab elements is made: the largest is one chunk of logits."""
     monkeypatch.setattr(lm_loss, "CHUNK_ELEMENTS", 500 * 16)
+    monkeypatch.setattr(lm_loss, "MIN_ROWS", 16)
     hidden, weight, labels = inputs(rows=400)
     largest = 0
 

@@ -15,11 +15,16 @@ import torch.nn.functional as F
 
 from ..data.pretrain import IGNORE
 
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32): large matmuls, cache-sized buffers
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32) for a small vocabulary: cache-sized buffers
+# Each chunk adds its [vocab, d] share of the weight gradient into an fp32 sum, a pass over
+# vocab·d values whatever the chunk's size: with a large vocabulary, chunks must hold enough
+# rows for that matmul to outweigh its pass over memory. 1024 rows keeps a 128k-vocabulary
+# head as fast as full logits, with logits of 1024 rows at a time instead of all of them.
+MIN_ROWS = 1024
 
 
 def _rows_per_chunk(vocab: int) -> int:
-    return max(16, CHUNK_ELEMENTS // vocab)
+    return max(MIN_ROWS, CHUNK_ELEMENTS // vocab)
 
 
 def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,8 +59,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 torch.mm(g, w, out=grad_hidden[start:start + rows]) if g.dtype == hidden.dtype \
                     else grad_hidden[start:start + rows].copy_(g @ w)
             if ctx.needs_input_grad[1]:
-                part = g.t() @ h
-                grad_weight = part.float() if grad_weight is None else grad_weight.add_(part)
+                if grad_weight is None:
+                    grad_weight = (g.t() @ h).float()
+                elif g.dtype == grad_weight.dtype:
+                    grad_weight.addmm_(g.t(), h)  # summed inside the matmul: no [vocab, d] temporary
+                else:
+                    grad_weight.add_(g.t() @ h)
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total
