@@ -184,6 +184,15 @@ def test_a_run_stopped_by_bad_data_leaves_output_dir_reusable(make_config, train
     assert [r["step"] for r in read_metrics(cfg.output_dir)] == [1]
 
 
+def test_a_config_yaml_of_the_users_own_in_output_dir_is_not_written_over(make_config, train, tmp_path):
+    out = tmp_path / "run1"
+    out.mkdir()
+    (out / "config.yaml").write_text("# my notes\nlearning_rate: 1e-3\n")
+    with pytest.raises(ConfigError, match="overwrite_output_dir"):
+        train(make_config(output_dir=str(out), max_steps=1, cutoff_len=32))
+    assert (out / "config.yaml").read_text() == "# my notes\nlearning_rate: 1e-3\n"
+
+
 # ---- the resolved config repeats the run ----------------------------------------------------
 def test_written_config_repeats_the_run_through_the_cli(make_config, train, tmp_path):
     first = make_config(max_steps=2, cutoff_len=32, per_device_train_batch_size=2, logging_steps=1,

@@ -20,9 +20,9 @@ def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: b
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
-    # a lone config.yaml is what a run stopped during set-up leaves (bad data, a refused
-    # combination): the corrected run may write over it without overwrite_output_dir
-    busy = root.is_dir() and any(path.name != "config.yaml" for path in root.iterdir())
+    # a lone config.yaml that ember wrote is what a run stopped during set-up leaves (bad data,
+    # a refused combination): the corrected run may write over it without overwrite_output_dir
+    busy = root.is_dir() and any(not _own_config(path) for path in root.iterdir())
     overwrite = cfg.overwrite_output_dir or fresh_start
     if busy and not (resuming or overwrite):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
@@ -40,5 +40,16 @@ def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: b
     return root
 
 
+CONFIG_HEADER = "# written by ember: this run's resolved config; `ember train <this file>` repeats the run\n"
+
+
 def write_config(cfg, root: Path) -> None:
-    (root / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    (root / "config.yaml").write_text(CONFIG_HEADER + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _own_config(path: Path) -> bool:
+    """config.yaml as ember writes it (a user's own file of that name is never written over)."""
+    if path.name != "config.yaml" or not path.is_file():
+        return False
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return f.readline() == CONFIG_HEADER
