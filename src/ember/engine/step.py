@@ -30,25 +30,34 @@ def _tensors(batch):
 _copy_streams: dict = {}
 
 
-def window_to_device(window: list, device: torch.device) -> list:
-    """Every micro-batch of the window moved to the device, as (batch, ready) pairs.
+def window_to_device(window: list, device: torch.device):
+    """The micro-batches of the window on the device, as (batch, ready) pairs, one at a time.
 
-    On a GPU the copies (from pinned memory) are issued on a side stream, so they overlap
-    compute instead of queueing in front of it: the copy of micro-batch i+1 runs during the
-    forward of i, and since the loop never waits for the GPU, the next step's batches are
-    copied while this step still computes. `ready` is the event the compute stream waits on.
+    On a GPU each copy (from pinned memory) is issued on a side stream one micro-batch ahead,
+    so the copy of micro-batch i+1 overlaps the forward of i instead of queueing in front of
+    it, and at most two micro-batches are on the device at once whatever the accumulation.
+    `ready` is the event the compute stream waits on.
     """
     if device.type != "cuda":
-        return [(to_device(batch, device), None) for batch in window]
-    stream = _copy_streams.setdefault(device, torch.cuda.Stream(device))
-    moved = []
-    with torch.cuda.stream(stream):
         for batch in window:
-            batch = to_device(batch, device)
+            yield to_device(batch, device), None
+        return
+    if device not in _copy_streams:
+        _copy_streams[device] = torch.cuda.Stream(device)
+    stream = _copy_streams[device]
+
+    def issue(batch):
+        with torch.cuda.stream(stream):
+            moved = to_device(batch, device)
             ready = torch.cuda.Event()
             ready.record(stream)
-            moved.append((batch, ready))
-    return moved
+        return moved, ready
+
+    ahead = issue(window[0]) if window else None
+    for index in range(len(window)):
+        current = ahead
+        ahead = issue(window[index + 1]) if index + 1 < len(window) else None
+        yield current
 
 
 def _wait_until_ready(batch, ready) -> None:

@@ -153,10 +153,10 @@ class Trainer:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
         self.model.train()
         interval = self.interval
-        interval["t0"] = time.perf_counter()
         last_eval: dict = {}
         if cfg.eval_on_start and self.state["step"] == 0 and self.evaluator is not None:
             self.metrics.write(self.evaluate())
+        interval["t0"] = time.perf_counter()  # after eval_on_start: tokens/s and mfu time training only
         while self.state["step"] < self.total_steps:
             waited = time.perf_counter()
             window = [next(self.stream) for _ in range(accum)]
