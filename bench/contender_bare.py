@@ -2,8 +2,10 @@
 
 The model's own loss (`labels=`), fused AdamW with no decay on 1-D weights, warmup + cosine
 via LambdaLR, clip_grad_norm_. SFT samples are packed into rows of seq_len (first-fit
-decreasing) with position_ids restarting per sample, so it does the same work as ember's
-packing: the gap between the two is what ember's engine costs (or saves).
+decreasing) with position_ids restarting per sample, isolated by transformers' own masked
+attention: the same tokens and rows as ember's packing, so the gap between the two is what
+ember's engine costs or saves (on SFT that includes ember's per-sample attention, which skips
+the masked blocks this loop still computes).
 """
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 
 Pretraining follows run_clm.py: tokenise with datasets.map, concatenate, cut into blocks,
 default_data_collator. SFT follows the usual recipe: prompt and answer tokenised separately,
-loss on the answer, DataCollatorForSeq2Seq padding each batch to its longest sample. The
+loss on the answer, DataCollatorForSeq2Seq padding each batch to its longest sample (with
+`group_by_length` in the spec, Trainer's `train_sampling_strategy: group_by_length` batches samples of
+similar length, so it pads less). The
 optimizer is Trainer's default (fused AdamW); its weight decay skips biases and norms.
 """
 from __future__ import annotations
@@ -69,7 +71,8 @@ def main() -> None:
         adam_beta1=HYPER["adam_beta1"], adam_beta2=HYPER["adam_beta2"], adam_epsilon=HYPER["adam_epsilon"],
         max_grad_norm=HYPER["max_grad_norm"], warmup_steps=HYPER["warmup_steps"], lr_scheduler_type="cosine",
         seed=HYPER["seed"], bf16=spec["precision"] == "bf16", logging_steps=10, save_strategy="no", report_to=[],
-        disable_tqdm=True, dataloader_num_workers=0)
+        disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if spec.get("group_by_length") else "random")
     trainer = Trainer(model=model, args=args, train_dataset=train, data_collator=counting(collate, log),
                       callbacks=[StepClock(log)])
     try:

@@ -12,7 +12,8 @@ from harness import write_atomically
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-NAMES = {"ember": "ember", "ember_compile": "ember, `compile: true`", "trainer": "Trainer", "bare": "bare loop"}
+NAMES = {"ember": "ember", "ember_compile": "ember, `compile: true`", "trainer": "Trainer", "bare": "bare loop",
+         "trainer_grouped": "Trainer, `train_sampling_strategy: group_by_length`"}
 TARGETS = [("fixed_vs_trainer", "ember / Trainer tokens/s, fixed-length, fp32 (lower of 10m, 50m)", "≥ 1.15"),
            ("sft_vs_trainer", "ember / Trainer real tokens/s, variable-length SFT", "≥ 2"),
            ("vs_bare_loop", "ember / bare loop tokens/s, both eager (lowest workload)", "≥ 0.97"),
