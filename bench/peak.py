@@ -1,13 +1,14 @@
 """The machine's limit: peak matmul FLOP/s per dtype, the denominator of every MFU.
 
 Square matmuls of 2048, 3072 and 4096 in the dtype, with the thread count the contenders use;
-the best of five runs at any size is the peak. Measured here, independently of ember (whose
+the median of five runs at the fastest size is the peak. Measured here, independently of ember (whose
 training-time `mfu` measures its own, quicker estimate at start-up).
 
     python bench/peak.py [--threads 2] [--clock wall|cpu]
 """
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -20,15 +21,19 @@ SIZES = (2048, 3072, 4096)
 
 
 def matmul_peak(dtype: torch.dtype, clock: str = "wall", repeats: int = 5) -> float:
+    """FLOP/s of the fastest size, each size's rate the median of `repeats` products: a median,
+    as a contender's tokens/s is, so a lucky instant on a noisy machine does not set the peak."""
     now = time.thread_time if clock == "cpu" else time.perf_counter
     best = 0.0
     for n in SIZES:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
         a @ b  # warm-up
+        rates = []
         for _ in range(repeats):
             start = now()
             a @ b
-            best = max(best, 2 * n**3 / (now() - start))
+            rates.append(2 * n**3 / (now() - start))
+        best = max(best, statistics.median(rates))
     return best
 
 

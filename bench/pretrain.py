@@ -12,21 +12,29 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness import arguments, flops_per_token, load_json, progress, run_contender, save_json, summarise, workspace
-from peak import OUT as PEAK
+from harness import arguments, flops_per_token, progress, run_contender, save_json, summarise, workspace
+from peak import matmul_peak
 from workloads import load_tokenizer, model_config, write_dataset_info, write_pretrain_corpus
 
 OUT = Path(__file__).resolve().parent / "out"  # pretrain-<precision>.json
 # (model, batch, seq_len, steps after the first, of which warm-up); sized so the whole of
 # `make bench` stays under 20 minutes on 2 cores
-FULL = [("10m", 8, 256, 30, 3), ("50m", 4, 256, 16, 3)]
+FULL = [("10m", 8, 256, 30, 3), ("50m", 4, 256, 24, 3)]  # 50m: 21 timed steps, so a burst of noise moves the median less
 QUICK = [("10m", 4, 128, 6, 2), ("50m", 2, 128, 6, 2)]
 CONTENDERS = [("trainer", {}), ("bare", {}), ("ember", {}), ("ember_compile", {"compile": True})]
 
 
 def main(quick: bool, threads: int, precision: str = "fp32", clock: str = "wall", models: list[str] | None = None,
          contenders: list[str] | None = None, keep: bool = False) -> dict:
-    peak = load_json(PEAK).get("peak_flops", {}).get(precision)
+    import torch
+    torch.set_num_threads(threads)  # the probes below run here, with the contenders' thread count
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    # this machine's speed drifts by ±10% over minutes (clocks, neighbours): the matmul peak is
+    # probed before and after every contender, and its MFU divides by the higher of the two
+    # probes around its own run, so it is measured against the machine as it was then and is
+    # never flattered by a probe from a slow moment
+    probe = matmul_peak(dtype, clock)
+    peak = probe  # the highest of the comparison, reported with the machine
     tokenizer = load_tokenizer()
     results = {}
     with workspace(f"pt-{precision}", keep) as tmp:
@@ -44,12 +52,15 @@ def main(quick: bool, threads: int, precision: str = "fp32", clock: str = "wall"
                 progress(f"pretrain {size} ({precision}, {batch}x{seq_len}): {name} ...")
                 raw = run_contender(name.split("_")[0], {**spec, **extra}, tmp / f"{size}-{name}")
                 row = summarise(raw, warmup, aggregate=False, clock=clock)
-                if peak:
-                    row["mfu"] = flops_per_token(model, seq_len) * row["tokens_per_s"] / peak
+                before, probe = probe, matmul_peak(dtype, clock)
+                peak = max(peak, probe)
+                row["peak_flops"] = max(before, probe)
+                row["mfu"] = flops_per_token(model, seq_len) * row["tokens_per_s"] / row["peak_flops"]
                 row["ember_logged"] = raw.get("logged", [])
                 rows[name] = row
-                progress(f"  {row['tokens_per_s']:,.0f} tok/s" + (f", MFU {row['mfu']:.1%}" if peak else "")
-                         + f", peak RSS {row['peak_rss_mb']:,.0f} MB, first step after {row['first_step_s']:.1f} s")
+                progress(f"  {row['tokens_per_s']:,.0f} tok/s, MFU {row['mfu']:.1%} (peak "
+                         f"{row['peak_flops'] / 1e9:,.0f} GFLOP/s), peak RSS {row['peak_rss_mb']:,.0f} MB, "
+                         f"first step after {row['first_step_s']:.1f} s")
             results[size] = {"batch": batch, "seq_len": seq_len, "contenders": rows}
     out = {"precision": precision, "threads": threads, "quick": quick, "clock": clock, "peak_flops": peak,
            "models": results}

@@ -88,9 +88,10 @@ def main(quick: bool, threads: int, clock: str = "wall") -> dict:
         bf16 = pretrain.main(quick, threads, "bf16", clock)
 
     results = headline(pt, ft, bf16)
+    peaks = {**machine["peak_flops"], "fp32": pt["peak_flops"], **({"bf16": bf16["peak_flops"]} if bf16 else {})}
     results.update(quick=quick, clock=clock, runtime_s=round(time.time() - start),
                    date=time.strftime("%Y-%m-%d %H:%M"), pretrain=pt, sft=ft, pretrain_bf16=bf16,
-                   machine={"cpu": machine["cpu"], "threads": threads, "peak_flops": machine["peak_flops"],
+                   machine={"cpu": machine["cpu"], "threads": threads, "peak_flops": peaks,  # the highest probed
                             "torch": torch.__version__, "python": platform.python_version()})
 
     path = QUICK_RESULTS if quick or clock != "wall" else RESULTS
