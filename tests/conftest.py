@@ -90,6 +90,17 @@ def curve(output_dir) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in read_metrics(output_dir)]
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: small 3D convolutions on a shared 2-core machine run far
+    faster single-threaded (video tests use it with pytestmark)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs():
     logging.getLogger("ember").setLevel(logging.WARNING)

@@ -9,13 +9,7 @@ from ember.models.discriminator import PatchDiscriminator3D
 from ember.models.video_losses import adaptive_generator_weight, discriminator_loss, psnr, ssim
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small 3D convolutions on a shared 2-core machine run far faster single-threaded
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

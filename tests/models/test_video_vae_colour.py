@@ -16,12 +16,7 @@ TINY = {"base_channels": 8, "channel_mult": [1, 2, 2, 2], "temporal_downsample":
         "num_res_blocks": 1, "z_channels": 4, "mid_attention": False}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small 3D convolutions on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def flat_clips(colours_b3: torch.Tensor, frames: int, size: int) -> torch.Tensor:

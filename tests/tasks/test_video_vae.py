@@ -15,12 +15,7 @@ from ember.data.video_synth import bouncing_shapes, write_demo_videos
 from ember.models.causal_vae import CausalVAE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # small 3D convolutions on a shared 2-core machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
