@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .errors import ConfigError
+from .eval_command import parse_eval_command
 from .schema import TrainConfig
 
 
@@ -54,5 +55,7 @@ def check_consistency(cfg: TrainConfig) -> None:
         raise ConfigError("packing applies to stage sft; stage pt always fills cutoff_len blocks")
     if cfg.adapter_name_or_path and cfg.finetuning_type not in ("lora", "qlora"):
         raise ConfigError("adapter_name_or_path needs finetuning_type lora or qlora")
+    if cfg.eval_command:
+        parse_eval_command(cfg.eval_command)  # refuses a template a path could turn into code
     if cfg.optim == "adamw_8bit" and cfg.pure_bf16:
         raise ConfigError("optim adamw_8bit keeps its own state precision; drop pure_bf16 or use optim adamw")

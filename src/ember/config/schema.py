@@ -100,7 +100,7 @@ class EvalGroup(Group):
     eval_steps: int | None = Field(None, gt=0, description="evaluate every N steps (default: logging_steps)")
     eval_on_start: bool = Field(False, description="evaluate once before the first step (shows where the loss started)")
     max_eval_batches: int | None = Field(None, gt=0, description="cap on batches per evaluation")
-    eval_command: str | None = Field(None, description="shell command run in the background on every saved checkpoint ({checkpoint}, {step}, {output} are filled in); the JSON it writes to {output} or prints as its last JSON line is logged as external/* at that checkpoint's step")
+    eval_command: str | None = Field(None, description="command run in the background, without a shell, on every saved checkpoint ({checkpoint}, {step}, {output} are filled in inside their arguments, also in $EMBER_CHECKPOINT/$EMBER_STEP/$EMBER_OUTPUT; for a pipeline: sh -c '... \"$1\" ...' _ {checkpoint}); the JSON it writes to {output} or prints as its last JSON line is logged as external/* at that checkpoint's step")
 
 
 class OutputGroup(Group):

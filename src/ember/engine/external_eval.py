@@ -1,8 +1,9 @@
 """Asynchronous external evaluation (nanoVLM's lmms-eval pattern, without a cluster hard-coded).
 
-`eval_command` is a shell template run in the background for every saved checkpoint:
+`eval_command` is a command template run in the background for every saved checkpoint:
 {checkpoint} is the checkpoint folder, {step} its step, {output} a JSON file the command may
-write its results to. Training never waits for it. Results are picked up when they appear —
+write its results to. It runs without a shell, its placeholders filled inside the arguments
+they were written in (config/eval_command.py says why and what is refused). Training never waits for it. Results are picked up when they appear —
 the JSON file at {output}, or else the last line of the command's stdout that is a JSON
 object — and logged at the checkpoint's own step under `external/<name>`. A checkpoint under
 evaluation is never deleted by save_total_limit until its command has finished.
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 import json
 import logging
-import shlex
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..config.eval_command import fill, parse_eval_command
 
 log = logging.getLogger("ember")
 PREFIX = "external/"
@@ -52,7 +55,7 @@ def _last_json_line(path: Path) -> dict | None:
 
 class ExternalEval:
     def __init__(self, template: str, root: Path):
-        self.template, self.root = template, root
+        self.argv, self.root = parse_eval_command(template), root
         self.folder = root / "eval_results"
         self.jobs: list[_Job] = []
 
@@ -61,14 +64,16 @@ class ExternalEval:
         output = self.folder / f"step_{step}.json"
         stdout = self.folder / f"step_{step}.log"
         output.unlink(missing_ok=True)  # a result left by an earlier attempt at this step is not this one's
-        command = self.template  # plain replacement: other braces in the command (awk, jq) stay as written
-        for name, value in (("checkpoint", shlex.quote(str(checkpoint))), ("step", str(step)),
-                            ("output", shlex.quote(str(output)))):
-            command = command.replace("{" + name + "}", value)
+        values = {"checkpoint": str(checkpoint), "step": str(step), "output": str(output)}
+        env = {**os.environ, **{f"EMBER_{name.upper()}": value for name, value in values.items()}}
         with stdout.open("w") as sink:
-            # its own session: a Ctrl-C meant for training does not kill the evaluation
-            process = subprocess.Popen(command, shell=True, stdout=sink, stderr=subprocess.STDOUT,
-                                       start_new_session=True, cwd=Path.cwd())
+            try:
+                # its own session: a Ctrl-C meant for training does not kill the evaluation
+                process = subprocess.Popen(fill(self.argv, values), stdout=sink, stderr=subprocess.STDOUT,
+                                           start_new_session=True, cwd=Path.cwd(), env=env)
+            except OSError as err:  # the program is missing or not executable: training goes on
+                log.warning("external evaluation of %s could not start: %s", checkpoint.name, err)
+                return
         self.jobs.append(_Job(step, process, output, stdout))
         log.info("external evaluation of %s started in the background (log: %s)", checkpoint.name, stdout)
 
