@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import xxhash
 from safetensors.torch import load_file
 
 from ember.config import build_config
-from ember.engine.checkpoint import CheckpointError, is_complete
+from ember.engine.checkpoint import CheckpointError, is_complete, verify
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
@@ -59,15 +60,32 @@ def test_one_folder_per_save_with_every_file_and_nothing_temporary(run):
         assert FILES <= names, f"{folder.name} lacks {FILES - names}"
 
 
-def test_complete_marker_lists_the_size_of_every_file(run):
+def test_complete_marker_lists_the_size_and_hash_of_every_file(run):
     _, out = run
     for folder in out.glob("checkpoint-*"):
         marker = json.loads((folder / "COMPLETE").read_text())
-        sizes = marker["files"]
-        assert set(sizes) == FILES - {"COMPLETE"}
-        for name, size in sizes.items():
-            assert (folder / name).stat().st_size == size, name
+        files = marker["files"]
+        assert set(files) == FILES - {"COMPLETE"}
+        for name, entry in files.items():
+            assert (folder / name).stat().st_size == entry["size"], name
+            assert entry["xxh3_128"] == xxhash.xxh3_128((folder / name).read_bytes()).hexdigest(), name
         assert is_complete(folder)
+        verify(folder)
+
+
+def test_a_marker_written_before_hashes_still_resumes_by_size(run, tmp_path):
+    """Checkpoints of earlier ember versions recorded sizes only: still complete, checked by size."""
+    _, out = run
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(out / "checkpoint-4", copy)
+    marker = json.loads((copy / "COMPLETE").read_text())
+    marker["files"] = {name: entry["size"] for name, entry in marker["files"].items()}
+    (copy / "COMPLETE").write_text(json.dumps(marker))
+    assert is_complete(copy)
+    verify(copy)
+    (copy / "optimizer.pt").write_bytes((copy / "optimizer.pt").read_bytes()[:-1])
+    with pytest.raises(CheckpointError, match="incomplete"):
+        verify(copy)
 
 
 @pytest.mark.parametrize("victim", sorted(FILES - {"COMPLETE"}))

@@ -28,7 +28,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ember.config import ConfigError, load_config
-from ember.engine.checkpoint import is_complete
+from ember.engine.checkpoint import is_complete, step_of
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
@@ -132,8 +132,21 @@ def _garble_header(folder: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("damage", [_remove_marker, _truncate_weights, _garble_header],
-                         ids=["no-marker", "truncated-weights", "garbled-header"])
+def _flip_bytes(folder: Path, name: str = "model.safetensors") -> None:
+    """Eight bytes of tensor data inverted: same size, the header still parses (a bad disk or copy)."""
+    path = folder / name
+    data = bytearray(path.read_bytes())
+    at = len(data) - 64
+    data[at:at + 8] = bytes(b ^ 0xFF for b in data[at:at + 8])
+    path.write_bytes(bytes(data))
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", [_remove_marker, _truncate_weights, _garble_header, _flip_bytes],
+                         ids=["no-marker", "truncated-weights", "garbled-header", "flipped-bytes"])
 def test_damaged_newest_checkpoint_is_skipped_with_a_warning(runs, tmp_path, caplog, damage):
     make, reference = runs
     ref_dir, _ = reference()
@@ -147,7 +160,57 @@ def test_damaged_newest_checkpoint_is_skipped_with_a_warning(runs, tmp_path, cap
     resumed = [r.getMessage() for r in caplog.records if "resumed from" in r.getMessage()]
     assert resumed and "checkpoint-4" in resumed[0], resumed
     assert is_complete(out / "checkpoint-8"), "the re-run did not replace the damaged checkpoint-8"
+    assert (out / "unreadable-checkpoint-8").is_dir(), "the damaged checkpoint was deleted, not moved aside"
     assert_same_run(ref_dir, out)
+
+
+def test_a_flipped_byte_is_caught_by_the_hash_even_though_the_size_matches(runs, tmp_path, caplog):
+    """The corruption the size check cannot see: resume names the file and takes the older one."""
+    make, _ = runs
+    crash(make(), 11)
+    out = tmp_path / "run"
+    _flip_bytes(out / "checkpoint-8")
+    assert is_complete(out / "checkpoint-8"), "precondition: sizes still match"
+    caplog.set_level(logging.INFO, logger="ember")
+    resume(make, resume_from_checkpoint="true")
+    warning = next(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "checkpoint-8" in r.getMessage())
+    assert "model.safetensors" in warning and "hash" in warning, warning
+    assert "resumed from" in caplog.text and "checkpoint-4 at step 4" in caplog.text
+
+
+def test_resume_with_no_readable_checkpoint_refuses_and_changes_nothing(runs, tmp_path):
+    """Every checkpoint fails: one line naming them and the way to start afresh, not a retrain over them."""
+    make, reference = runs
+    ref_dir, _ = reference()
+    crash(make(), 11)
+    out = tmp_path / "run"
+    _flip_bytes(out / "checkpoint-8")
+    _truncate_weights(out / "checkpoint-4")
+    before = _snapshot(out)
+    with pytest.raises(ConfigError) as caught:
+        resume(make, resume_from_checkpoint="true")
+    message = str(caught.value)
+    assert "checkpoint-8" in message and "checkpoint-4" in message and "overwrite_output_dir" in message, message
+    assert "\n" not in message
+    assert _snapshot(out) == before, "a refused resume changed output_dir"
+    # starting afresh on purpose is one key away, and gives the uninterrupted run
+    resume(make, resume_from_checkpoint="true", overwrite_output_dir=True)
+    assert_same_run(ref_dir, out)
+
+
+def test_a_checkpoint_without_its_log_line_gets_one_on_resume(runs, tmp_path):
+    """A kill between the folder's rename and the checkpoints.jsonl append: the log is mended."""
+    make, _ = runs
+    crash(make(), 11)
+    out = tmp_path / "run"
+    log_file = out / "checkpoints.jsonl"
+    lines = log_file.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [4, 8]
+    log_file.write_text(lines[0] + "\n")  # checkpoint-8's line never written
+    resume(make, resume_from_checkpoint="true")
+    records = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [r["step"] for r in records] == [4, 8, 12]
+    assert records[1]["recovered"] is True and records[1]["path"].endswith("checkpoint-8")
 
 
 def test_explicit_resume_from_an_incomplete_folder_is_refused(runs, tmp_path):
@@ -229,7 +292,8 @@ def _in_progress(out: Path) -> set[str]:
         entries = [e.name for e in os.scandir(out) if "checkpoint-" in e.name and e.is_dir()]
     except FileNotFoundError:
         return set()
-    return {name for name in entries if not (out / name / "COMPLETE").exists()}
+    # a folder renamed away between the listing and the marker check (moved aside by a resume) is gone, not in progress
+    return {name for name in entries if not (out / name / "COMPLETE").exists() and (out / name).exists()}
 
 
 def _last_step(out: Path) -> int:
@@ -290,9 +354,18 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(runs, corpus_d
     deadline = time.monotonic() + 150
     extra: list[str] = []
     proc = None
+    damages = ["flip", "truncate", "flip"]  # done to the newest checkpoint between kills, when an older one exists
+    damaged: list[int] = []
     try:
         for attempt in range(len(modes) + 1):
-            complete = [int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if is_complete(p)]
+            complete = sorted(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*") if is_complete(p))
+            if attempt and damages and len(complete) >= 2:
+                victim = out / f"checkpoint-{complete.pop()}"
+                if damages.pop(0) == "flip":
+                    _flip_bytes(victim, rng.choice(["model.safetensors", "optimizer.pt", "trainer_state.json"]))
+                else:
+                    _truncate_weights(victim)
+                damaged.append(step_of(victim))
             newest_complete = max(complete, default=None)
             stale_last = _last_step(out)  # lines after the checkpoint, dropped when the run resumes
             log = tmp_path / f"attempt-{attempt}.log"
@@ -316,6 +389,8 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(runs, corpus_d
                 resumed_from.append(match.group(0))
                 assert Path(match.group(1)).name == f"checkpoint-{newest_complete}", (match.group(0), complete)
                 assert is_complete(Path(match.group(1)))
+                if damaged and step_of(Path(match.group(1))) < damaged[-1]:  # skipped and kept, not deleted
+                    assert (out / f"unreadable-checkpoint-{damaged[-1]}").is_dir()
             for folder in out.glob("checkpoint-*"):  # a kill never leaves a partial folder where resume looks
                 assert is_complete(folder), f"{folder.name} exists but is incomplete after attempt {attempt}"
             if outcomes and outcomes[-1] == "finished":
@@ -328,5 +403,6 @@ def test_sigkill_at_random_moments_then_resume_ends_bit_identical(runs, corpus_d
     assert proc.returncode == 0, text[-2000:]
     assert outcomes.count("finished") == 0, f"a run ended before its kill moment: {outcomes}"
     assert "killed-in-save" in outcomes, f"no kill landed during a save: {outcomes}"
+    assert damaged, "no checkpoint was damaged between kills"
     assert not _in_progress(out), "a half-written folder was left behind"
     assert_same_run(ref_dir, out)

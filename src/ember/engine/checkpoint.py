@@ -1,12 +1,14 @@
 """The checkpoint-<step>/ folder: what is in it, how it is written, how it is read back.
 
 A checkpoint is written into .tmp-checkpoint-<step>/, every file is flushed to disk, then a
-COMPLETE marker listing each file's size is written and the folder is renamed into place.
-A folder without the marker, or whose files do not match the marker's sizes (a truncated
-copy), is never resumed from.
+COMPLETE marker listing each file's size and content hash (xxh3-128) is written and the folder
+is renamed into place. A folder without the marker, or whose files do not match the marker's
+sizes (a truncated copy), is never resumed from; `verify` also re-hashes every file, so a
+file whose bytes changed after it was written (a flipped bit, a bad copy) is caught too.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -16,9 +18,11 @@ from typing import Callable
 
 import numpy as np
 import torch
+import xxhash
 from safetensors.torch import load_file
 
 MARKER = "COMPLETE"
+LOW_DISK_BYTES = 16 << 20  # below this, a failed write is put down to a full disk
 PREFIX = "checkpoint-"
 TMP_PREFIX = f".tmp-{PREFIX}"
 
@@ -57,14 +61,47 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def file_digest(path: Path) -> str:
+    """xxh3-128 of a file's bytes: ~20 GB/s on one core, so hashing costs about as much as
+    reading the file (sha256 runs at ~0.9 GB/s here). It guards against corruption, not forgery:
+    whoever can rewrite a file can rewrite the marker, which is why nothing ember reads from a
+    checkpoint can run code either way."""
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict:
+    """The marker's contents for a folder as it is now: every file's size and hash."""
+    return {str(p.relative_to(folder)): {"size": p.stat().st_size, "xxh3_128": file_digest(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MARKER}
+
+
+def _recorded(path: Path) -> dict[str, dict]:
+    """The marker's file list; markers written before hashes were recorded hold sizes only."""
+    files = json.loads((path / MARKER).read_text())["files"]
+    return {name: entry if isinstance(entry, dict) else {"size": entry} for name, entry in files.items()}
+
+
 def is_complete(path: Path) -> bool:
-    """Marker present and every listed file present with exactly the recorded size."""
-    marker = path / MARKER
+    """Marker present and every listed file present with exactly the recorded size (cheap: no reads)."""
     try:
-        sizes = json.loads(marker.read_text())["files"]
-        return all((path / name).stat().st_size == size for name, size in sizes.items())
-    except (OSError, ValueError, KeyError, TypeError):
+        return all((path / name).stat().st_size == entry["size"] for name, entry in _recorded(path).items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
+
+
+def verify(path: Path) -> None:
+    """Raise CheckpointError unless every file is there with the size and hash the marker recorded."""
+    if not is_complete(path):
+        raise CheckpointError(f"checkpoint {path} is incomplete (no {MARKER} marker, or a file is missing or truncated)")
+    for name, entry in _recorded(path).items():
+        expected = entry.get("xxh3_128")
+        if expected is not None and file_digest(path / name) != expected:
+            raise CheckpointError(f"checkpoint {path} is corrupt: {name} does not match the hash recorded when it "
+                                  "was written (its bytes changed since)")
 
 
 def checkpoint_folders(output_dir: str | Path) -> list[Path]:
@@ -114,16 +151,35 @@ def write_checkpoint(root: Path, step: int, world, write_parts: Callable[[Path],
     except Exception as err:  # noqa: BLE001 - safetensors and torch.save wrap OS errors in their own types
         failure = err
     if world.any(failure is not None):
+        cause = _cause(failure, root)  # before the partial folder goes and frees the space it took
         if world.is_main:
             shutil.rmtree(tmp, ignore_errors=True)
-        cause = (getattr(failure, "strerror", None) or str(failure)) if failure else "another rank failed to write its part"
-        raise CheckpointError(f"could not write checkpoint {final}: {cause}; the earlier checkpoints are intact")
+        raise CheckpointError(f"could not write checkpoint {final}: {cause}; the earlier checkpoints "
+                              f"are intact. Once fixed, resume with: ember train {root}/config.yaml "
+                              "resume_from_checkpoint=true")
     return final
+
+
+def _cause(failure: Exception | None, root: Path) -> str:
+    """Why a save failed, in the OS's words where it gave them. torch.save reports a full disk as
+    'file write failed' with no errno, so a nearly empty disk is named as the cause itself."""
+    if failure is None:
+        return "another rank failed to write its part"
+    if getattr(failure, "errno", None) == errno.ENOSPC:
+        return f"No space left on device in {root}"
+    cause = getattr(failure, "strerror", None) or first_line(failure)
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return cause
+    if free < LOW_DISK_BYTES and "No space left" not in cause:
+        return f"No space left on device in {root} ({free // 1024} KiB free; {cause})"
+    return cause
 
 
 def _seal(tmp: Path, final: Path, root: Path, step: int, state: dict) -> None:
     (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+    files = manifest(tmp)
     for name in files:
         _fsync(tmp / name)
     (tmp / MARKER).write_text(json.dumps({"step": step, "files": files}))
@@ -143,6 +199,9 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict:
     try:
         bundle = {"path": path, "state": json.loads((path / "trainer_state.json").read_text())}
         sharded = (path / "dcp").is_dir()
+        if sharded:  # read now through the safe unpickler, so a crafted file is refused before any loading
+            from .safe_dcp import read_metadata
+            read_metadata(path / "dcp" / ".metadata")
         bundle["weights"] = None if sharded else load_file(str(path / "model.safetensors"))
         optimizer_file = path / "optimizer.pt"
         bundle["optimizers"] = (torch.load(optimizer_file, weights_only=True) if optimizer_file.exists()
@@ -150,5 +209,11 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict:
         rng_file = path / f"rng_state_{rank}.pt"
         bundle["rng"] = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
     except Exception as err:  # safetensors, pickle and json each raise their own types
-        raise CheckpointError(f"checkpoint {path} is unreadable: {err}") from None
+        raise CheckpointError(f"checkpoint {path} is unreadable: {first_line(err)}") from None
     return bundle
+
+
+def first_line(err: BaseException) -> str:
+    """An exception as one line (torch's unpickling errors run to a dozen lines of advice)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -8,6 +8,7 @@ import yaml
 
 from ..config.errors import ConfigError
 from .checkpoint import MARKER, PREFIX
+from .run_lock import LOCK_NAME
 
 # What ember itself writes at the top of output_dir and so may clear on overwrite_output_dir.
 OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "training_eval_loss.png", "config.yaml")
@@ -22,7 +23,7 @@ def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: b
         raise ConfigError(f"output_dir {root} exists and is a file, not a folder")
     # a lone config.yaml that ember wrote is what a run stopped during set-up leaves (bad data,
     # a refused combination): the corrected run may write over it without overwrite_output_dir
-    busy = root.is_dir() and any(not _own_config(path) for path in root.iterdir())
+    busy = root.is_dir() and any(not _own_config(path) and path.name != LOCK_NAME for path in root.iterdir())
     overwrite = cfg.overwrite_output_dir or fresh_start
     if busy and not (resuming or overwrite):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import checkpoint_tensors
+from .checkpoint import CheckpointError, checkpoint_tensors, first_line
 from .weights import load_weights
 
 
@@ -56,11 +56,19 @@ class StateIO:
                 opt.load_state_dict(bundle["optimizers"][name])
 
     def _load_dcp(self, folder: Path, optimizers: dict | None) -> None:
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        from .safe_dcp import SafeLoadPlanner, SafeReader
         dcp, sd = _dcp()
         state = {"model": sd.get_model_state_dict(self.raw)}
         for name, opt in (optimizers or {}).items():
             state[f"optim.{name}"] = sd.get_optimizer_state_dict(self.raw, opt)
-        dcp.load(state, checkpoint_id=str(folder))
+        try:
+            dcp.load(state, storage_reader=SafeReader(str(folder)), planner=SafeLoadPlanner())
+        except CheckpointException as err:  # every rank's failure gathered (a BaseException, not an Exception)
+            causes = [failure for failure, _ in err.failures.values() if isinstance(failure, BaseException)]
+            cause = first_line(causes[0]) if causes else "a rank failed to read its shards"
+            raise CheckpointError(f"could not read the sharded checkpoint {folder}: {cause}") from None
         sd.set_model_state_dict(self.raw, state["model"])
         for name, opt in (optimizers or {}).items():
             sd.set_optimizer_state_dict(self.raw, opt, state[f"optim.{name}"])

@@ -25,7 +25,8 @@ from .optim import build_optimizer, default_param_groups
 from .outputs import prepare_output_dir, write_config
 from .plots import plot_losses
 from .preemption import Preempted, StopSignals
-from .resume import load_resume_bundle, truncate_metrics, wants_resume
+from .resume import load_resume_bundle, reconcile_logs, wants_resume
+from .run_lock import OutputDirLock
 from .runtime import Precision, compile_model, pick_device, seed_everything
 from .schedules import LRSchedule
 from .state_io import StateIO
@@ -43,13 +44,19 @@ class Trainer:
         self.device = pick_device(cfg.device, self.world.local_rank)
         self.precision = Precision(cfg, self.device)
         self.state = {"step": 0, "tokens_seen": 0}
+        self.lock = OutputDirLock(cfg.output_dir)
         self.interval = self._new_interval()  # losses summed since the last logged step
 
     # ---- set-up -------------------------------------------------------------------------
     def setup(self) -> None:
         cfg, world = self.cfg, self.world
         world.start(self.device)
-        resume = load_resume_bundle(cfg, world.rank)
+        # taken before anything in output_dir is read or changed; held until fit() returns
+        refused = self._try(self.lock.acquire) if world.is_main else None
+        refused = world.broadcast(refused)
+        if refused:
+            raise ConfigError(refused)
+        resume = load_resume_bundle(cfg, world)
         self.root = prepare_output_dir(cfg, resuming=resume is not None, is_main=world.is_main,
                                        fresh_start=resume is None and wants_resume(cfg))
         world.barrier()
@@ -136,8 +143,17 @@ class Trainer:
             log.warning("resuming on %d processes a run saved on %d: the data order and weights continue "
                         "exactly, dropout randomness does not", self.world.size, saved.get("world_size", 1))
         if self.world.is_main:
-            truncate_metrics(self.root / "metrics.jsonl", self.state["step"])
+            reconcile_logs(self.root, self.state["step"], self.checkpoints.best_step)
         log.info("resumed from %s at step %d", path, self.state["step"])
+
+    @staticmethod
+    def _try(action) -> str | None:
+        """A ConfigError's message instead of the raise, so rank 0 can tell every rank to stop with it."""
+        try:
+            action()
+        except ConfigError as err:
+            return str(err)
+        return None
 
     # ---- the loop -----------------------------------------------------------------------
     def fit(self) -> dict:
@@ -148,6 +164,7 @@ class Trainer:
             return self.finish(last_eval)
         finally:
             self.world.stop()
+            self.lock.release()
 
     def _loop(self, signals: StopSignals) -> dict:
         cfg, accum = self.cfg, self.cfg.gradient_accumulation_steps
