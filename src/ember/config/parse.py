@@ -10,7 +10,28 @@ import yaml
 from .errors import ConfigError
 
 class _Loader(yaml.SafeLoader):
-    """YAML where only true/false are booleans: `eval_strategy: no` stays the string 'no'."""
+    """YAML where only true/false are booleans: `eval_strategy: no` stays the string 'no'.
+
+    A key written twice in one mapping is refused: PyYAML would keep the last one silently, so
+    `max_steps: 2` near the top and `max_steps: 5` further down would run 5 steps without a word.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first_seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *defaults` then overriding a key is how YAML means it
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: the base constructor names it
+                if earlier is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key}' is written twice (first at line {earlier.line + 1}); keep one",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -54,7 +75,7 @@ def read_yaml(path: str) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.load(file.read_text(encoding="utf-8"), Loader=_Loader)
+        data = yaml.load(_utf8_text(file), Loader=_Loader)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -64,6 +85,17 @@ def read_yaml(path: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must be a mapping of key: value lines, not a {type(data).__name__}")
     return data
+
+
+def _utf8_text(file: Path) -> str:
+    """The file's text, or one line saying where it stops being UTF-8 (YAML is UTF-8 by definition)."""
+    data = file.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{file} is not UTF-8 text (byte 0x{data[err.start]:02x} at line {line}); "
+                          "save it as UTF-8") from None
 
 
 def parse_overrides(args: list[str]) -> dict[str, Any]:
