@@ -21,12 +21,14 @@ Run `ember COMMAND --help` for the keys of a command."""
 
 
 def _train(args: list[str]) -> int:
+    from .config.checks import check_output_dir
     from .config.help import render_help
     from .config.loader import load_config
     if "--help" in args or "-h" in args:
         print(render_help())
         return 0
     cfg = load_config(args)  # every config error surfaces here, before any model is built
+    check_output_dir(cfg.output_dir)
     from .launch import needs_launch, run_torchrun
     if needs_launch(cfg):
         return run_torchrun(cfg, args)

@@ -1,6 +1,10 @@
 """Rules that involve more than one key; each failure names the keys involved."""
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 from .errors import ConfigError
 from .eval_command import parse_eval_command
 from .schema import TrainConfig
@@ -59,3 +63,22 @@ def check_consistency(cfg: TrainConfig) -> None:
         parse_eval_command(cfg.eval_command)  # refuses a template a path could turn into code
     if cfg.optim == "adamw_8bit" and cfg.pure_bf16:
         raise ConfigError("optim adamw_8bit keeps its own state precision; drop pure_bf16 or use optim adamw")
+
+
+def check_output_dir(path: str) -> None:
+    """output_dir is (or can be made) a folder ember can write in, found before any work rather
+    than as an OS traceback once the data is read. Tried, not inferred from permission bits: root
+    passes every permission check, yet cannot make a folder under a file, in /proc or on a
+    read-only mount. The probe is an empty folder, removed at once."""
+    target = Path(path).absolute()
+    existing = target
+    while not existing.exists():  # where the missing folders would be made
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "exists and is a file" if existing == target else f"is under {existing}, which is a file"
+        raise ConfigError(f"output_dir {path} {where}, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".ember-write-test-", dir=existing))
+    except OSError as err:
+        raise ConfigError(f"output_dir {path} cannot be written: making a folder in {existing} failed "
+                          f"({err.strerror})") from None
