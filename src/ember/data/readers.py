@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import datasets
+import pyarrow as pa
 
 from ..config.errors import ConfigError
 from .registry import DatasetSpec
@@ -13,6 +14,7 @@ from .registry import DatasetSpec
 log = logging.getLogger("ember")
 
 BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+TEXT_BUILDERS = ("text", "json", "csv")  # files that are text, so a bad byte has a line to point at
 
 
 def data_files(path: Path) -> tuple[str, list[str]]:
@@ -48,6 +50,32 @@ def find_json_error(files: list[str]) -> str | None:
     return None
 
 
+def find_encoding_error(files: list[str]) -> str | None:
+    """Where these files first stop being UTF-8, as "file line N ..." (read only after a failure,
+    in binary, line by line)."""
+    for name in files:
+        with open(name, "rb") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    line.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    return (f"{name} line {number} is not UTF-8 text (byte 0x{line[err.start]:02x} at column "
+                            f"{err.start + 1}); save the file as UTF-8")
+    return None
+
+
+def check_utf8(ds: datasets.Dataset, spec: DatasetSpec, builder: str, files: list[str]) -> None:
+    """pyarrow's JSON reader takes bytes that are not UTF-8 into string columns unchecked; they
+    would surface later as a decode error deep inside tokenisation. Arrow's full validation
+    checks every string once, in memory-mapped data, at about the speed of reading it."""
+    try:
+        ds.data.table.validate(full=True)
+    except pa.ArrowInvalid as err:
+        where = (find_encoding_error(files) if builder in TEXT_BUILDERS else None) or \
+            f"{spec.path} holds text that is not UTF-8 ({err})"
+        raise ConfigError(f"dataset '{spec.name}': {where}") from None
+
+
 def _holds_rows(name: str, builder: str) -> bool:
     """Cheap emptiness check, so an empty file gets a sentence rather than a library error.
     Reads only until it has seen enough lines: a large corpus is not read twice at start-up."""
@@ -79,12 +107,23 @@ def read_dataset(spec: DatasetSpec, max_samples: int | None = None) -> datasets.
     try:
         ds = datasets.load_dataset(builder, data_files=files, split="train")
     except Exception as err:  # datasets wraps parser errors in several types; find the real cause
-        where = find_json_error(files) if builder == "json" else None
-        raise ConfigError(f"dataset '{spec.name}': {where or f'cannot read {spec.path}: {err}'}") from None
+        where = find_encoding_error(files) if builder in TEXT_BUILDERS else None
+        if where is None and builder == "json":
+            where = find_json_error(files)
+        raise ConfigError(f"dataset '{spec.name}': {where or f'cannot read {spec.path}: {_first_line(err)}'}") from None
+    check_utf8(ds, spec, builder, files)
     if len(ds) == 0:
         raise ConfigError(f"dataset '{spec.name}' ({spec.path}) is empty")
     limit = min(n for n in (max_samples, spec.num_samples, len(ds)) if n is not None)
     return ds.select(range(limit)) if limit < len(ds) else ds
+
+
+def _first_line(err: Exception) -> str:
+    """A library error as one line; datasets' own text ("An error occurred while generating the
+    dataset") says less than the exception it wraps, so that one is named too."""
+    cause = err.__cause__ or err.__context__
+    text = f"{err}: {cause}" if cause is not None and str(cause) not in str(err) else str(err)
+    return (text.strip().splitlines() or [type(err).__name__])[0]
 
 
 def text_column(ds: datasets.Dataset, spec: DatasetSpec) -> datasets.Dataset:

@@ -32,7 +32,9 @@ def read_registry(dataset_dir: str) -> dict:
     if not path.is_file():
         return {}
     try:
-        info = json.loads(path.read_text(encoding="utf-8"))
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path} is not UTF-8 text (byte at offset {err.start}); save it as UTF-8") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
     if not isinstance(info, dict):

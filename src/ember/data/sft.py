@@ -36,6 +36,21 @@ def check_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
         if name not in ds.column_names:
             raise ConfigError(f"dataset '{spec.name}' ({spec.formatting}) has no column '{name}' "
                               f"(it has: {', '.join(ds.column_names)}); map it with columns in dataset_info.json")
+    if spec.formatting != "sharegpt":
+        texts = [cols[k] for k in ("prompt", "query", "response", "system") if cols.get(k) in ds.column_names]
+        for name in texts:
+            _check_text_column(ds, spec, name)
+
+
+def _check_text_column(ds: datasets.Dataset, spec: DatasetSpec, name: str) -> None:
+    """An alpaca field is a string. A column of numbers or lists would be turned into text by
+    str() and trained on as such ('[\'a\', \'b\']'), which is never what the file meant."""
+    feature = ds.features[name]
+    if isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string", "null"):
+        return
+    kind = f"{feature.dtype} values" if isinstance(feature, datasets.Value) else "lists or objects"
+    raise ConfigError(f"dataset '{spec.name}' ({spec.path}): column '{name}' holds {kind}, not text; "
+                      f"each row's '{name}' must be a string")
 
 
 def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
@@ -59,6 +74,8 @@ def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
             if not isinstance(pair, (list, tuple)) or len(pair) != 2:
                 return None
             messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+        if row.get(cols["response"]) is None:
+            return None  # no answer at all (null or missing), unlike an empty string, is a broken row
         prompt = str(row.get(cols["prompt"]) or "")
         if cols.get("query") and row.get(cols["query"]):
             prompt = f"{prompt}\n{row[cols['query']]}" if prompt else str(row[cols["query"]])
@@ -154,5 +171,6 @@ def encode_sft(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datas
                     "the answer left within cutoff_len)", spec.name, truncated, len(status), cfg.cutoff_len, dropped)
     kept = encoded.filter(lambda s: [x != DROPPED for x in s], input_columns="status", batched=True)
     if len(kept) == 0:
-        raise ConfigError(f"dataset '{spec.name}': no usable samples (all {len(status)} dropped)")
+        raise ConfigError(f"dataset '{spec.name}': no usable samples (all {len(status)} dropped: malformed rows, "
+                          f"e.g. a null answer, or no answer left within cutoff_len {cfg.cutoff_len})")
     return kept.remove_columns("status")

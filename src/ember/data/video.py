@@ -93,7 +93,8 @@ def probe_videos(spec: str, num_frames: int, sample_rate: int, short_videos: str
         log.warning("skipped %d video(s) of %s shorter than a %d-frame clip (short_videos: skip): %s",
                     len(short), spec, num_frames, ", ".join(short))
     if not entries:
-        raise ConfigError(f"video_path {spec}: none of its {len(files)} files gives a {num_frames}-frame clip")
+        why = ", ".join((broken + short)[:3]) + (", …" if len(broken + short) > 3 else "")
+        raise ConfigError(f"video_path {spec}: none of its {len(files)} files gives a {num_frames}-frame clip ({why})")
     log.info("video data %s: %d usable file(s) of %d", spec, len(entries), len(files))
     return entries
 

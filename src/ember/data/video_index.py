@@ -36,12 +36,17 @@ class FrameIndex:
         if known and known["size"] == stat.st_size and known["mtime"] == stat.st_mtime:
             return known["frames"], known["error"]
         self.probed += 1
+        if stat.st_size == 0:  # say so, rather than the decoder's "Invalid data found"
+            self.entries[key] = {"size": 0, "mtime": stat.st_mtime, "frames": 0, "error": "empty file"}
+            return 0, "empty file"
         try:
             frames, error = count_frames(path), None
             if frames < 1:
                 frames, error = 0, "no frames"
         except Exception as err:  # PyAV and Pillow raise many types for broken files
-            frames, error = 0, (str(err).splitlines() or [type(err).__name__])[0][:120]
+            # PyAV's OSErrors carry the decoder's words in strerror; str() adds an errno and the path
+            reason = getattr(err, "strerror", None) or (str(err).splitlines() or [type(err).__name__])[0]
+            frames, error = 0, reason[:120]
         self.entries[key] = {"size": stat.st_size, "mtime": stat.st_mtime, "frames": frames, "error": error}
         return frames, error
 

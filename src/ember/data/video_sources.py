@@ -35,6 +35,19 @@ def list_sources(spec: str) -> tuple[list[str], Path]:
     if not root.is_file():
         raise ConfigError(f"video_path {spec}: no such folder or list file")
     suffix = root.suffix.lower()
+    try:
+        rows = _read_list(root, suffix, spec)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"video_path {spec} is not UTF-8 text (byte at offset {err.start}); save it as UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"video_path {spec} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(rows, list):
+        raise ConfigError(f"video_path {spec}: the list must be a JSON array of paths or of {{'path': ...}} objects")
+    return _from_rows(rows, root), root.with_name(root.name + INDEX_NAME)
+
+
+def _read_list(root: Path, suffix: str, spec: str) -> list:
+    """The rows of a .csv, .json or .jsonl list of files."""
     if suffix == ".csv":
         with root.open(newline="", encoding="utf-8") as f:
             sample = f.readline()
@@ -50,6 +63,4 @@ def list_sources(spec: str) -> tuple[list[str], Path]:
         rows = [json.loads(line) for line in root.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         raise ConfigError(f"video_path {spec}: a folder, .csv, .json or .jsonl list is expected")
-    if not isinstance(rows, list):
-        raise ConfigError(f"video_path {spec}: the list must be a JSON array of paths or of {{'path': ...}} objects")
-    return _from_rows(rows, root), root.with_name(root.name + INDEX_NAME)
+    return rows
