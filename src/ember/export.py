@@ -1,7 +1,6 @@
 """`ember export`: merge a PEFT adapter into its base and write an HF model folder."""
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -35,7 +34,7 @@ def parse_export_config(raw: dict) -> ExportConfig:
 
 
 def export_merged(cfg: ExportConfig) -> Path:
-    from .models.hf import load_causal_lm, load_tokenizer
+    from .models.hf import load_causal_lm, load_tokenizer, read_json_object
 
     if cfg.quantization_bit is not None:
         raise ConfigError("cannot merge an adapter into a quantized base; export from the full-precision base "
@@ -45,13 +44,13 @@ def export_merged(cfg: ExportConfig) -> Path:
         raise ConfigError(f"{cfg.model_name_or_path} is a quantized model; merge into its full-precision original")
     tokenizer_source = cfg.model_name_or_path
     if cfg.adapter_name_or_path:
-        from peft import PeftModel
+        from .models.finetuning import load_adapter
         adapter = Path(cfg.adapter_name_or_path)
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"adapter_name_or_path: {adapter} has no adapter_config.json")
-        if json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path") is None:
+        if read_json_object(adapter / "adapter_config.json", "adapter_name_or_path").get("base_model_name_or_path") is None:
             log.warning("the adapter does not record its base model; assuming %s", cfg.model_name_or_path)
-        base = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        base = load_adapter(base, str(adapter)).merge_and_unload()
         if (adapter / "tokenizer_config.json").is_file():
             tokenizer_source = str(adapter)  # it carries the chat template used in training
     out = Path(cfg.export_dir)

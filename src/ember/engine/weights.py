@@ -20,15 +20,25 @@ log = logging.getLogger("ember")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
 
 
+def unpickling_refusal(err: pickle.UnpicklingError) -> str:
+    """Why torch.load(weights_only=True) refused a file, as one clause. torch's message opens with
+    advice to retry with weights_only=False (exactly what must not be done with such a file);
+    the line that names the refused object is the one worth showing."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+    if "weights only" not in lines[0].lower():
+        return f"it is not a readable torch file ({lines[0]})"  # garbage or truncated, not a refusal
+    named = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+    return ("it holds Python objects beyond tensors, which could run code"
+            f"{f' ({named})' if named else ''}; convert it to safetensors or a plain state dict")
+
+
 def _torch_file(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        reason = str(err).splitlines()[0]
-        raise ConfigError(f"refused to load {path}: it holds Python objects beyond tensors, which could run code "
-                          f"({reason}); convert it to safetensors or a plain state dict") from None
+        raise ConfigError(f"refused to load {path}: {unpickling_refusal(err)}") from None
     except Exception as err:
-        raise ConfigError(f"cannot read {path}: {err}") from None
+        raise ConfigError(f"cannot read {path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
     for key in ("state_dict", "model", "module"):  # Lightning and trainer-style wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

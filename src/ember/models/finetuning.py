@@ -49,12 +49,30 @@ def linear_names(model: nn.Module) -> set[str]:
     return {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
 
 
+def load_adapter(model: nn.Module, path: str, is_trainable: bool = False) -> nn.Module:
+    """A PEFT adapter folder on the model; a .bin adapter is read with weights_only=True, and a
+    file that holds more than tensors is refused with one line, not a traceback."""
+    import pickle
+
+    from peft import PeftModel
+
+    from ..engine.weights import unpickling_refusal
+    try:
+        return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+    except pickle.UnpicklingError as err:
+        raise ConfigError(f"adapter_name_or_path: refused to load the adapter in {path}: "
+                          f"{unpickling_refusal(err)}") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"adapter_name_or_path: cannot load an adapter from {path}: "
+                          f"{(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
+
+
 def apply_lora(model: nn.Module, cfg) -> nn.Module:
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import LoraConfig, get_peft_model
 
     if cfg.adapter_name_or_path:
         log.info("continuing the adapter in %s", cfg.adapter_name_or_path)
-        return PeftModel.from_pretrained(model, cfg.adapter_name_or_path, is_trainable=True)
+        return load_adapter(model, cfg.adapter_name_or_path, is_trainable=True)
     targets = "all-linear" if cfg.lora_target == "all" else _names(cfg.lora_target)
     if targets != "all-linear":
         # k-bit layers are not nn.Linear subclasses in every version: compare against all leaf names

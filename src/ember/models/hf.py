@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from importlib import resources
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..config.errors import ConfigError
+from ..engine.weights import unpickling_refusal
 
 
 def preset_names() -> list[str]:
@@ -24,13 +26,36 @@ def read_model_config(spec: str) -> dict:
         path = path / "config.json"
     if not path.is_file():
         raise ConfigError(f"model_config '{spec}' is neither a preset ({', '.join(preset_names())}) nor a config.json file")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"model_config {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    data = read_json_object(path, "model_config")
     if "model_type" not in data:
         raise ConfigError(f"model_config {path} has no model_type (e.g. \"llama\")")
     return data
+
+
+def read_json_object(path: Path, key: str) -> dict:
+    """A JSON object from a file, or one line naming the file and what is wrong with it."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text (byte at offset {err.start}); JSON files are UTF-8") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{key}: {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{key}: {path} must hold a JSON object {{...}}, not {json.dumps(data)[:40]}")
+    return data
+
+
+def refuse_custom_code(path: str, key: str, trust_remote_code: bool) -> None:
+    """A folder whose config asks for its own Python code (auto_map) is refused unless the user
+    trusts it. transformers would refuse a model type it does not know, but for a known one it
+    silently loads its own class instead, which is not the model the folder describes."""
+    if trust_remote_code:
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        file = Path(path) / name
+        if file.is_file() and "auto_map" in read_json_object(file, key):
+            raise ConfigError(f"{key}: {file} asks for custom code from the folder (auto_map); ember runs none "
+                              "unless you set trust_remote_code: true for a folder you trust")
 
 
 def require_local_folder(path: str, key: str) -> None:
@@ -39,10 +64,11 @@ def require_local_folder(path: str, key: str) -> None:
                           "point it at a folder with config.json and weights)")
 
 
-def load_tokenizer(path: str, key: str):
+def load_tokenizer(path: str, key: str, trust_remote_code: bool = False):
     require_local_folder(path, key)
+    refuse_custom_code(path, key, trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{key}: cannot load a tokenizer from {path}: {str(err).splitlines()[0]}") from None
     if tokenizer.pad_token is None:
@@ -53,10 +79,13 @@ def load_tokenizer(path: str, key: str):
 def load_causal_lm(path: str, trust_remote_code: bool = False, quantization=None) -> torch.nn.Module:
     """A local HF causal LM in fp32 (the precision policy casts later), or k-bit quantized."""
     require_local_folder(path, "model_name_or_path")
+    refuse_custom_code(path, "model_name_or_path", trust_remote_code)
     extra = {"quantization_config": quantization, "device_map": {"": "cpu"}} if quantization else {}
     try:
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust_remote_code,
                                                     **extra)
+    except pickle.UnpicklingError as err:  # pytorch_model.bin is read with weights_only=True
+        raise ConfigError(f"model_name_or_path: refused to load the weights in {path}: {unpickling_refusal(err)}") from None
     except (OSError, ValueError) as err:
         raise ConfigError(f"model_name_or_path: cannot load a causal LM from {path}: {str(err).splitlines()[0]}") from None
 

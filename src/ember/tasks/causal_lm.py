@@ -30,7 +30,7 @@ class CausalLMTask:
             raise ConfigError("training from model_config needs tokenizer_name_or_path "
                               "(make one with `ember tokenizer`)")
         key = "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path"
-        self.tokenizer = load_tokenizer(source, key)
+        self.tokenizer = load_tokenizer(source, key, cfg.trust_remote_code)
         if cfg.stage == "sft":
             ensure_chat_template(self.tokenizer, cfg.template)
 

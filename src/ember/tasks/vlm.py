@@ -72,7 +72,7 @@ class VLMTask:
             raise ConfigError("task vlm with model_config needs tokenizer_name_or_path (make one with `ember tokenizer`)")
         key = ("vlm_checkpoint_path" if self.saved_vlm else
                "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path")
-        return load_tokenizer(source, key)
+        return load_tokenizer(source, key, cfg.trust_remote_code)
 
     # ---- data ---------------------------------------------------------------------------
     def build_data(self):
