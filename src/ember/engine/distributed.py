@@ -102,35 +102,38 @@ class World:
             dist.barrier(group=self.cpu_group)
 
     # ---- model wrapping -----------------------------------------------------------------
-    def wrap(self, model: nn.Module, device: torch.device, precision, cpu_offload: bool = False) -> nn.Module:
-        """DDP or FSDP2 around the model; the unwrapped module stays reachable via `unwrap`."""
+    def wrap(self, model: nn.Module, device: torch.device, precision, cpu_offload: bool = False,
+             find_unused: bool = False, broadcast_buffers: bool = True) -> nn.Module:
+        """DDP or FSDP2 around the model; the unwrapped module stays reachable via `unwrap`.
+
+        find_unused: the forward may leave parameters out (a VLM batch without images), so DDP
+        looks for them every step instead of waiting for their gradients forever.
+        broadcast_buffers: False when every rank keeps the buffers identical itself (an EMA
+        updated from the same weights everywhere), so DDP need not re-send them each forward."""
         if self.strategy == "fsdp" and self.active:
             from .sharding import shard_model
             return shard_model(model, precision, cpu_offload)
         if self.size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             ids = [device.index] if device.type == "cuda" else None
-            # a model whose forward may leave parameters out (a VLM batch without images) says so;
-            # DDP then looks for them every step instead of waiting for their gradients forever
-            unused = bool(getattr(model, "forward_may_skip_parameters", False))
-            # buffers are re-sent from rank 0 at every forward unless the model says each rank
-            # keeps them identical itself (an EMA updated from the same weights everywhere)
-            broadcast = bool(getattr(model, "ddp_broadcast_buffers", True))
-            return DDP(model, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=broadcast)
+            return DDP(model, device_ids=ids, find_unused_parameters=find_unused, broadcast_buffers=broadcast_buffers)
         return model
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        return model.module if isinstance(model, DDP) else model
 
     def no_sync(self, model: nn.Module, sync: bool):
         """Skip gradient communication on micro-steps that do not update the weights."""
         if sync or self.size == 1:
             return contextlib.nullcontext()
-        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        from torch.distributed.fsdp import FSDPModule
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if isinstance(model, FSDPModule):
             model.set_requires_gradient_sync(False)
             return _ResyncOnExit(model)
-        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
+        return model.no_sync() if isinstance(model, DDP) else contextlib.nullcontext()
 
 
 class _ResyncOnExit(contextlib.AbstractContextManager):

@@ -34,11 +34,12 @@ class Evaluator:
                     batch, real = to_device(next(iterator), device), 1
                 except StopIteration:
                     real = 0  # keep step with the other ranks; this batch is not counted
-                for name, loss in task.training_step(model, batch, step=-1).items():
+                for name, loss in task.evaluation_step(model, batch).items():
                     sums[name] = sums.get(name, 0) + real * loss.total.detach().float()
                     counts[name] = counts.get(name, 0) + real * torch.as_tensor(loss.count, device=device).float()
-                if real and hasattr(task, "eval_metrics"):
-                    extra.append(task.eval_metrics(model, batch))
+                metrics = task.eval_metrics(self.world.unwrap(model), batch) if real else {}
+                if metrics:
+                    extra.append(metrics)
         out = {}
         for name in sums:
             key = "eval_loss" if len(sums) == 1 else f"eval_{name}_loss"

@@ -61,7 +61,7 @@ def compute_dtype(precision) -> torch.dtype:
 
 def run_peak_flops(cfg, task, device: torch.device, precision) -> float | None:
     """The peak this run's mfu divides by, logged once; None when the task cannot count its FLOPs."""
-    if not hasattr(task, "flops"):
+    if not task.counts_flops:
         return None
     dtype = compute_dtype(precision)
     if cfg.mfu_peak_flops:

@@ -120,7 +120,6 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
                 torch._foreach_mul_(grads, factor.item())
             grad_norms[name] = torch.nn.utils.clip_grad_norm_(params[name], max_norm, foreach=True)
         precision.step(opt)
-    if hasattr(trainer.task, "after_optimizer_step"):  # e.g. an EMA of the weights, kept by the task
-        trainer.task.after_optimizer_step(trainer.raw, trainer.state["step"])
+    trainer.task.after_optimizer_step(trainer.raw, trainer.state["step"])  # e.g. an EMA of the weights
     precision.update()
     return sums, counts, grad_norms

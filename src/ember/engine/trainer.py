@@ -68,8 +68,7 @@ class Trainer:
         train_set, val_set, collate = self.task.build_data()
         seed_everything(cfg.seed)  # weights do not depend on how much randomness data loading used
         self.model = self.build_model()
-        groups = (self.task.param_groups(self.raw) if hasattr(self.task, "param_groups")
-                  else default_param_groups(self.raw, cfg))
+        groups = self.task.param_groups(self.raw) or default_param_groups(self.raw, cfg)
         if len(groups) > 1 and world.strategy == "fsdp":
             # each optimizer's gradients are kept apart by backward(inputs=its parameters), and
             # FSDP2's sharded parameters are not in the autograd graph (the forward uses gathered
@@ -121,7 +120,9 @@ class Trainer:
         if cfg.compile:
             compile_model(model)
         self.raw = model
-        return self.world.wrap(model, self.device, self.precision, cfg.fsdp_cpu_offload)
+        return self.world.wrap(model, self.device, self.precision, cfg.fsdp_cpu_offload,
+                               find_unused=self.task.forward_may_skip_parameters,
+                               broadcast_buffers=self.task.ddp_broadcast_buffers)
 
     def _resume(self, path, bundle: dict) -> None:
         saved = bundle["state"]

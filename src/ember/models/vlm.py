@@ -59,8 +59,6 @@ class VLMConfig:
 
 
 class VisionLanguageModel(nn.Module):
-    forward_may_skip_parameters = True  # a text-only batch never reaches the encoder and projector (DDP must know)
-
     def __init__(self, config: VLMConfig, vision_encoder: SiglipVisionModel | None = None,
                  decoder: PreTrainedModel | None = None):
         super().__init__()

@@ -12,7 +12,7 @@ from ..data.registry import resolve_datasets
 from ..data.sft import encode_sft
 from ..data.templates import ensure_chat_template
 from ..engine.optim import default_param_groups
-from ..engine.task import Loss
+from ..engine.task import Loss, Task
 from ..models.finetuning import apply_finetuning
 from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from .lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
@@ -22,7 +22,9 @@ from .lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labe
 PLAIN_HEAD_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3"}
 
 
-class CausalLMTask:
+class CausalLMTask(Task):
+    counts_flops = True
+
     def __init__(self, cfg):
         self.cfg = cfg
         source = cfg.tokenizer_name_or_path or cfg.model_name_or_path

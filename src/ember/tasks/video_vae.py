@@ -18,7 +18,7 @@ from torch import nn
 from ..config.errors import ConfigError
 from ..data.video import build_video_datasets, collate_clips
 from ..engine.optim import decay_split
-from ..engine.task import Loss
+from ..engine.task import Loss, Task
 from ..models.causal_vae import CausalVAE, CausalVAEConfig, clip_noise
 from ..models.discriminator import PatchDiscriminator3D
 from ..models.ema import EMAWeights
@@ -43,12 +43,6 @@ class VideoVAEModel(nn.Module):
         self.vae = vae
         self.discriminator = discriminator
         self.ema = EMAWeights(vae) if ema else None
-        # before disc_start the discriminator takes no part in a step: DDP must look for the
-        # parameters a forward leaves out (the engine reads this when it wraps the model)
-        self.forward_may_skip_parameters = discriminator is not None
-        # the EMA buffers (a second copy of the VAE) change only through updates that every rank
-        # applies to identical weights: DDP re-sending them from rank 0 at every forward is waste
-        self.ddp_broadcast_buffers = False
 
     def forward(self, x_bcthw: torch.Tensor, sample: bool = True, gan: bool = False, run=None,
                 noise_seeds: list[int] | None = None) -> dict:
@@ -75,9 +69,16 @@ def _call(module: nn.Module, *args, **kwargs):
     return module(*args, **kwargs)
 
 
-class VideoVAETask:
+class VideoVAETask(Task):
+    # the EMA buffers (a second copy of the VAE) change only through updates that every rank
+    # applies to identical weights: DDP re-sending them from rank 0 at every forward is waste
+    ddp_broadcast_buffers = False
+
     def __init__(self, cfg):
         self.cfg = cfg
+        # before disc_start the discriminator takes no part in a step: DDP must look for the
+        # parameters a forward leaves out
+        self.forward_may_skip_parameters = cfg.disc_start >= 0
         if cfg.distributed_strategy == "fsdp":
             # the engine keeps the VAE's and the discriminator's gradients apart with
             # backward(inputs=their parameters); under FSDP2 those are sharded parameters the
@@ -107,7 +108,7 @@ class VideoVAETask:
         cfg = self.cfg
         discriminator = (PatchDiscriminator3D(self.vae_config.in_channels, cfg.disc_channels)
                          if cfg.disc_start >= 0 else None)
-        model = VideoVAEModel(CausalVAE(self.vae_config), discriminator, ema=cfg.ema_decay > 0)
+        model = self.model = VideoVAEModel(CausalVAE(self.vae_config), discriminator, ema=cfg.ema_decay > 0)
         sizes = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()
                  if name != "ema" and part is not None}
         log.info("causal VAE %s: %s parameters", cfg.model_config_, ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
@@ -122,14 +123,18 @@ class VideoVAETask:
 
     # ---- one step -----------------------------------------------------------------------
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
-        cfg, inner = self.cfg, getattr(model, "module", model)  # DDP wraps the model
-        training = step >= 0 and torch.is_grad_enabled()
-        if training:
-            self.trained_to = step + 1
-        gan = training and inner.discriminator is not None and step >= cfg.disc_start
+        self.trained_to = step + 1
+        gan = self.model.discriminator is not None and step >= self.cfg.disc_start
+        return self._losses(model, batch, sample=True, gan=gan, seeds=self.noise_seeds(batch, step))
+
+    def evaluation_step(self, model, batch) -> dict[str, Loss]:
+        """The posterior mean, no GAN term: the reconstruction + KL loss of the VAE alone."""
+        return self._losses(model, batch, sample=False, gan=False, seeds=None)
+
+    def _losses(self, model, batch, sample: bool, gan: bool, seeds: list[int] | None) -> dict[str, Loss]:
+        cfg, inner = self.cfg, self.model  # `model` may be the DDP wrapper; `inner` is what it wraps
         x_bcthw = batch["video"].to(inner.vae.quant_conv.weight.dtype)
-        seeds = self.noise_seeds(batch, step) if training else None
-        out = model(x_bcthw, sample=training, gan=gan, run=self.forward, noise_seeds=seeds)  # DDP's hooks see this
+        out = model(x_bcthw, sample=sample, gan=gan, run=self.forward, noise_seeds=seeds)  # DDP's hooks see this
         recon_bcthw, count = out["recon"], x_bcthw.numel()
         rec_sum = reconstruction_sum(recon_bcthw, x_bcthw, cfg.recon_loss)
         vae_total = rec_sum + cfg.kl_weight * out["kl"].sum()
@@ -152,13 +157,11 @@ class VideoVAETask:
         return [random.Random(f"{self.cfg.seed}:{step}:{i}").getrandbits(63) for i in batch["index"].tolist()]
 
     def after_optimizer_step(self, model, step: int) -> None:
-        model = getattr(model, "module", model)
         if model.ema is not None:
             model.ema.update(model.vae, self.cfg.ema_decay)
 
     # ---- evaluation ---------------------------------------------------------------------
     def eval_metrics(self, model, batch) -> dict[str, float]:
-        model = getattr(model, "module", model)
         x_bcthw = batch["video"].to(model.vae.quant_conv.weight.dtype)
         recon_bcthw, _ = model.vae(x_bcthw, sample=False)
         metrics = {"psnr": psnr(recon_bcthw, x_bcthw).item(), "ssim": ssim(recon_bcthw, x_bcthw).item()}
@@ -182,7 +185,6 @@ class VideoVAETask:
     # ---- export -------------------------------------------------------------------------
     def export(self, model, path: str, state_dict: dict | None = None) -> None:
         """A folder CausalVAE.from_pretrained reads: config.json + model.safetensors (EMA weights when on)."""
-        model = getattr(model, "module", model)
         if model.ema is not None:
             vae_state = model.ema.state_for(model.vae)
         elif state_dict is not None:

@@ -22,7 +22,7 @@ from ..data.pretrain import IGNORE
 from ..data.templates import ensure_chat_template
 from ..data.vlm_data import build_vlm_datasets
 from ..engine.optim import decay_split
-from ..engine.task import Loss
+from ..engine.task import Loss, Task
 from ..models.finetuning import apply_finetuning
 from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ..models.vision import load_vision_encoder, read_vision_config
@@ -40,7 +40,9 @@ def add_image_token(tokenizer) -> int:
     return tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
 
 
-class VLMTask:
+class VLMTask(Task):
+    forward_may_skip_parameters = True  # a text-only batch never reaches the encoder and projector
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.saved_vlm = None  # a whole VLM folder to start from (resume_from_vlm_checkpoint)
