@@ -17,6 +17,7 @@ commands:
   generate   sample text from a trained model folder
   chat       ask a trained vision-language model about an image
   export     merge a LoRA/QLoRA adapter into its base model
+  web        serve the page to configure, launch, watch and try runs: ember web [--runs DIR] [--port 7860]
 Run `ember COMMAND --help` for the keys of a command."""
 
 
@@ -104,7 +105,20 @@ def _export(args: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "chat": _chat, "export": _export}
+def _web(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ember web", description="the page: configure, launch, watch, stop and try runs")
+    parser.add_argument("--runs", default="runs", help="folder whose runs the page shows and where it puts new ones")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind; any but loopback needs --token")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--token", default=None, help="password the page asks for (required off loopback)")
+    opts = parser.parse_args(args)
+    from .web.app import serve
+    serve(opts.runs, opts.host, opts.port, opts.token)
+    return 0
+
+
+COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "chat": _chat, "export": _export,
+            "web": _web}
 
 
 def main(argv: list[str] | None = None) -> int:
