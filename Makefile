@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	# the browser tests/web drives (Debian's chromium; no browser is downloaded at test time)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
+		echo "chromium could not be installed: tests/web's browser tests will be skipped"
 	touch $(STAMP)
 
 # pretrains the ~4M-parameter demo model into runs/llm_pretrain (the base the sft_* examples start from)

@@ -14,6 +14,9 @@ from ember.config.errors import ConfigError
 CSS = """
 .field-error p { color: #c0392b; margin: 0; }
 #form-status p { font-size: 1.05em; }
+.ember-table { width: 100%; border-collapse: collapse; font-size: 0.92em; }
+.ember-table th, .ember-table td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #e5e5e5; }
+.ember-table th { font-weight: 600; background: #fafafa; }
 """
 
 

@@ -109,3 +109,24 @@ def signature(root: Path, names: list[str], keys) -> tuple:
         except (OSError, ValueError):
             sizes.append(-1)
     return (tuple(names), tuple(keys or ()), tuple(sizes))
+
+
+STATUS_COLOURS = {"running": "#1f77b4", "queued": "#7f7f7f", "finished": "#2ca02c", "stopped": "#ff7f0e",
+                  "failed": "#d62728"}
+
+
+def html_table(headers: list[str], rows: list[list], empty: str = "nothing yet") -> str:
+    """A plain HTML table (escaped); a status cell gets its colour. Rows carry data-run for tests and scripts."""
+    from html import escape
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = []
+        for h, value in zip(headers, row):
+            colour = STATUS_COLOURS.get(str(value)) if h == "status" else None
+            style = f' style="color:{colour};font-weight:600"' if colour else ""
+            cells.append(f'<td data-col="{escape(h)}"{style}>{escape("" if value is None else str(value))}</td>')
+        body.append(f'<tr data-run="{escape(str(row[0]))}">{"".join(cells)}</tr>')
+    if not body:
+        body.append(f'<tr><td colspan="{len(headers)}"><i>{escape(empty)}</i></td></tr>')
+    return f'<table class="ember-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'

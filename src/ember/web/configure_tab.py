@@ -54,6 +54,10 @@ def describe(root: Path, values: list) -> tuple[str, str, str, str, str | None]:
     return text, form.to_yaml(config), form.to_command(config), error, form.BY_KEY[bad].group if bad else None
 
 
+def queue_html(root: Path) -> str:
+    return board.html_table(["job", "state", "run", "queued at"], queue_rows(root), "empty")
+
+
 def _component(field: form.Field, root: Path, value):
     info = f"{field.description} (default: {field.shown(field.default) if field.default is not None else 'unset'})"
     common = dict(label=field.key, info=info, elem_id=f"field-{field.key}", value=value)
@@ -103,8 +107,8 @@ def build(root: Path, tabs, watch: dict) -> None:
                               value=first[2])
             yaml_view = gr.Code(label="YAML", language="yaml", interactive=False, elem_id="yaml-view",
                                 value=first[1])
-            queue = gr.Dataframe(headers=["job", "state", "run", "queued at"], value=queue_rows(root),
-                                 interactive=False, label="Queue", elem_id="queue-table")
+            gr.Markdown("**Queue** (runs start one after another)")
+            queue = gr.HTML(queue_html(root), elem_id="queue-table")
     keys = [f.key for f in form.FIELDS]
 
     def check(*values):
@@ -123,7 +127,10 @@ def build(root: Path, tabs, watch: dict) -> None:
     dataset_dir_box = components[keys.index("dataset_dir")]
     dataset_dir_box.change(lambda d: gr.update(choices=form.dataset_names(d)), dataset_dir_box, dataset_box,
                            show_progress="hidden")
-    dataset_box.change(lambda d, name: form.preview(d, str(name or "").split(",")[0].strip()) or None,
+    def show_preview(dataset_dir, name):
+        import pandas as pd
+        return pd.DataFrame(form.preview(dataset_dir, str(name or "").split(",")[0].strip()))
+    dataset_box.change(show_preview,
                        [dataset_dir_box, dataset_box], preview, show_progress="hidden")
 
     def load_text(text):
@@ -146,15 +153,15 @@ def build(root: Path, tabs, watch: dict) -> None:
         config = form.to_config(list(values))
         problem = launch_problem(root, config)
         if problem:
-            return f"**not launched: {problem}**", *[gr.skip()] * 4, queue_rows(root)
+            return f"**not launched: {problem}**", *[gr.skip()] * 4, queue_html(root)
         out = str(config.get("output_dir", form.BY_KEY["output_dir"].default))
         launcher.enqueue(root, config, out)
         name = board.runs.run_name(Path(out), root)
         names = [r["run"] for r in board.overview(root)]
         return (f"queued `{name}`: it starts when the runs queued before it end", gr.Tabs(selected="watch"),
                 gr.update(choices=names, value=name), gr.update(choices=names, value=[name]),
-                next_output_dir(root), queue_rows(root))
+                next_output_dir(root), queue_html(root))
     launch_btn.click(launch, components, [launch_msg, tabs, watch["focus"], watch["picked"],
                                           components[keys.index("output_dir")], queue])
-    gr.Timer(3.0).tick(lambda: (queue_rows(root), gr.update(choices=[r["run"] for r in board.overview(root)])),
+    gr.Timer(3.0).tick(lambda: (queue_html(root), gr.update(choices=[r["run"] for r in board.overview(root)])),
                        None, [queue, from_run], show_progress="hidden")

@@ -8,11 +8,20 @@ import gradio as gr
 from . import board, launcher, runs
 
 REFRESH_SECONDS = 2.0
-CKPT_COLUMNS = ["best", "step", "metrics", "size", "time"]
+CKPT_COLUMNS = ["step", "best", "metrics", "size", "time"]
 
 
 def _names(rows: list[dict]) -> list[str]:
     return [r["run"] for r in rows]
+
+
+def runs_html(rows: list[dict]) -> str:
+    return board.html_table(board.COLUMNS, [[r[c] for c in board.COLUMNS] for r in rows],
+                            "no runs yet: launch one from Configure & Launch, or point --runs at a folder of runs")
+
+
+def ckpt_html(rows: list[list]) -> str:
+    return board.html_table(CKPT_COLUMNS, [[r[1], *r[:1], *r[2:]] for r in rows], "no checkpoint yet")
 
 
 def build(root: Path) -> dict:
@@ -21,9 +30,8 @@ def build(root: Path) -> dict:
     names = _names(rows)
     with gr.Row():
         gr.Markdown(f"Runs under `{root}` (any folder with an ember `config.yaml` and `metrics.jsonl`); "
-                    f"refreshed every {REFRESH_SECONDS:g} s. Click a row to open that run.")
-    table = gr.Dataframe(value=[[r[c] for c in board.COLUMNS] for r in rows], headers=board.COLUMNS,
-                         interactive=False, elem_id="runs-table", label="Runs", wrap=True)
+                    f"refreshed every {REFRESH_SECONDS:g} s. Pick a run below for its log, checkpoints and controls.")
+    table = gr.HTML(runs_html(rows), elem_id="runs-table", label="Runs")
     with gr.Row():
         picked = gr.Dropdown(choices=names, value=names[-1:], multiselect=True, label="Runs on the curves",
                              elem_id="curve-runs", scale=2)
@@ -37,8 +45,8 @@ def build(root: Path) -> dict:
             log = gr.Textbox(label="Log (tail)", lines=14, max_lines=14, interactive=False, elem_id="log-tail",
                              autoscroll=True)
         with gr.Column(scale=2):
-            ckpts = gr.Dataframe(headers=CKPT_COLUMNS, value=[], interactive=False, label="Checkpoints",
-                                 elem_id="ckpt-table")
+            gr.Markdown("**Checkpoints** (from checkpoints.jsonl)")
+            ckpts = gr.HTML(board.html_table(CKPT_COLUMNS, [], "no checkpoint yet"), elem_id="ckpt-table")
             with gr.Row():
                 stop_btn = gr.Button("Stop", elem_id="stop-btn", variant="stop")
                 resume_btn = gr.Button("Resume", elem_id="resume-btn")
@@ -57,21 +65,21 @@ def build(root: Path) -> dict:
         chosen = kept
         sig = board.signature(root, chosen, keys)
         figure = gr.skip() if sig == last_signature else board.curves_figure(root, chosen, keys)
-        return ([[r[c] for c in board.COLUMNS] for r in rows], picked_update,
+        return (runs_html(rows), picked_update,
                 gr.update(choices=board.available_metrics(root, chosen)), figure, sig,
                 gr.update(choices=names), *run_detail(current))
 
     def run_detail(name):
         if not name:
-            return "", [], gr.update(visible=False)
+            return "", ckpt_html([]), gr.update(visible=False)
         try:
             run = board.resolve(root, name)
         except ValueError:
-            return "", [], gr.update(visible=False)
+            return "", ckpt_html([]), gr.update(visible=False)
         clips = board.reconstructions(run) if run.is_dir() else []
         video = gr.update(value=str(clips[0]), visible=True) if clips else gr.update(visible=False)
         text = board.log_text(root, run) or "(no log here: this run was not started from this page)"
-        return runs.tail(text, 40), runs.checkpoint_rows(run) if run.is_dir() else [], video
+        return runs.tail(text, 40), ckpt_html(runs.checkpoint_rows(run) if run.is_dir() else []), video
 
     outputs = [table, picked, metrics, plot, drawn, focus, log, ckpts, clip]
     timer = gr.Timer(REFRESH_SECONDS)
@@ -79,12 +87,6 @@ def build(root: Path) -> dict:
     picked.change(refresh, [picked, metrics, focus, drawn], outputs, show_progress="hidden")
     metrics.change(refresh, [picked, metrics, focus, drawn], outputs, show_progress="hidden")
     focus.change(run_detail, focus, [log, ckpts, clip], show_progress="hidden")
-
-    def on_select(evt: gr.SelectData, chosen):
-        name = board.overview(root)[evt.index[0]]["run"]
-        chosen = list(chosen or [])
-        return name, chosen if name in chosen else chosen + [name]
-    table.select(on_select, [picked], [focus, picked])
 
     def control(action, name):
         if not name:
