@@ -161,11 +161,13 @@ def test_non_empty_output_dir_is_accepted_with_overwrite_output_dir(make_config,
     (out / "notes.txt").write_text("mine")
     (out / "metrics.jsonl").write_text(json.dumps({"step": 999, "loss": 1.0, "lr": 0.1}) + "\n")
     cfg = make_config(output_dir=str(out), max_steps=2, cutoff_len=32, overwrite_output_dir=True)
-    train(cfg)
+    trainer = train(cfg)
     steps = [r["step"] for r in read_metrics(out)]
     assert steps == [1, 2], "the old run's metrics are replaced, not appended to"
     assert (out / "notes.txt").read_text() == "mine", "files ember did not write are left alone"
-    assert load_config([str(out / "config.yaml")]) == cfg
+    # the config as resolved for the run (its automatic name filled in); cfg itself is never changed
+    assert cfg.run_name is None
+    assert load_config([str(out / "config.yaml")]) == cfg.model_copy(update={"run_name": trainer.run_name})
 
 
 def test_a_run_stopped_by_bad_data_leaves_output_dir_reusable(make_config, train, corpus_dir, tmp_path):
@@ -197,11 +199,12 @@ def test_a_config_yaml_of_the_users_own_in_output_dir_is_not_written_over(make_c
 def test_written_config_repeats_the_run_through_the_cli(make_config, train, tmp_path):
     first = make_config(max_steps=2, cutoff_len=32, per_device_train_batch_size=2, logging_steps=1,
                         learning_rate=3e-3, output_dir=str(tmp_path / "first"))
-    train(first)
+    name = train(first).run_name  # the automatic name is written with the config and kept by the rerun
     again = tmp_path / "again"
     done = ember("train", str(tmp_path / "first" / "config.yaml"), f"output_dir={again}", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert load_config([str(again / "config.yaml")]) == first.model_copy(update={"output_dir": str(again)})
+    assert load_config([str(again / "config.yaml")]) == first.model_copy(update={"output_dir": str(again),
+                                                                               "run_name": name})
     want, got = read_metrics(tmp_path / "first"), read_metrics(again)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [1, 2]
     for a, b in zip(want, got):

@@ -111,10 +111,7 @@ def output_dir_holds_another_run(env: Env) -> Setup:
     return Setup(train_args(env.tiny(output_dir=str(out))), out, [str(out), "overwrite_output_dir"])
 
 
-@case(marks=(pytest.mark.xfail(strict=True, reason=(
-    "engine: Trainer.setup runs prepare_output_dir (which, with overwrite_output_dir, deletes the old "
-    "run's checkpoints, metrics and plots) before the task reads its data, so a run refused for bad "
-    "data has already deleted what it was to replace")),))
+@case()
 def overwrite_with_bad_data_keeps_the_old_run(env: Env) -> Setup:
     out = env.dir / "out"
     shutil.copytree(env.previous_run, out)

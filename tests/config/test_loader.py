@@ -410,5 +410,5 @@ def test_written_config_of_a_run_from_a_model_folder_reloads(corpus_dir, tiny_mo
                         "dataset_dir": str(corpus_dir), "cutoff_len": 32, "per_device_train_batch_size": 4,
                         "max_steps": 1, "logging_steps": 1, "save_steps": 0, "disable_tqdm": True,
                         "output_dir": str(tmp_path / "run")})
-    train(cfg)
-    assert load_config([f"{cfg.output_dir}/config.yaml"]) == cfg
+    name = train(cfg).run_name  # resolved for the run; cfg itself is never changed
+    assert load_config([f"{cfg.output_dir}/config.yaml"]) == cfg.model_copy(update={"run_name": name})

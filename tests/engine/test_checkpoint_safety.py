@@ -22,7 +22,7 @@ import torch.distributed.checkpoint as dcp
 from ember.config import ConfigError
 from ember.engine.checkpoint import CheckpointError, is_complete, manifest
 from ember.engine.run_lock import LOCK_NAME, OutputDirLock
-from ember.engine.safe_dcp import SafeLoadPlanner, SafeReader
+from ember.engine.checkpoint.safe_dcp import SafeLoadPlanner, SafeReader
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 

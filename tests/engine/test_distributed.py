@@ -37,7 +37,7 @@ import torch
 from ember.config import build_config
 from ember.engine.checkpoint import is_complete
 from ember.engine.distributed import World
-from ember.engine.resume import wants_resume
+from ember.engine.checkpoint.resume import wants_resume
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 

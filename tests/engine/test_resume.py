@@ -262,7 +262,7 @@ def test_resume_true_is_accepted_from_the_command_line_and_yaml(tmp_path, spelli
         cfg = load_config([str(tmp_path / "c.yaml")])
     else:
         cfg = load_config(base + spelling)
-    from ember.engine.resume import wants_resume
+    from ember.engine.checkpoint.resume import wants_resume
     assert wants_resume(cfg)
 
 

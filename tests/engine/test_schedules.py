@@ -142,8 +142,8 @@ def test_reduce_lr_on_plateau_matches_torch_plateau_semantics():
 def test_reduce_lr_on_plateau_is_driven_by_the_trainers_evaluations(make_config):
     """Wiring: the loop feeds eval_loss to the schedule, and the logged LR shows the cut.
 
-    The engine computes eval losses from the task's training_step (called with step=-1);
-    the wrapper below replaces them with a scripted eval_loss per evaluation.
+    The engine computes eval losses from the task's evaluation_step; the wrapper below
+    replaces them with a scripted eval_loss per evaluation.
     """
     from ember.engine.task import Loss
     from ember.engine.trainer import Trainer
@@ -160,10 +160,11 @@ def test_reduce_lr_on_plateau_is_driven_by_the_trainers_evaluations(make_config)
             return getattr(self.task, name)
 
         def training_step(self, model, batch, step):
-            losses = self.task.training_step(model, batch, step)
-            if step >= 0:
-                self.trained = step + 1
-                return losses
+            self.trained = step + 1
+            return self.task.training_step(model, batch, step)
+
+        def evaluation_step(self, model, batch):
+            losses = self.task.evaluation_step(model, batch)
             value = script[self.trained]
             return {name: Loss(torch.as_tensor(loss.count, dtype=torch.float32) * value, loss.count)
                     for name, loss in losses.items()}

@@ -80,13 +80,13 @@ class BatchStream:
     def epoch(self) -> float:
         return self.sampler.epoch + self.taken / max(1, self.batches_per_epoch())
 
-    def state(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         """Position in samples consumed by all ranks together: rank r reads order[r::world], so
         after t batches the ranks have read exactly the first t × batch × world samples of the
         epoch's order, and a run may resume on another number of processes at the same place."""
         return {"epoch": self.sampler.epoch, "samples": self.taken * self.batch_size * self.sampler.world}
 
-    def load_state(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         per_batch = self.batch_size * self.sampler.world
         if state["samples"] % per_batch:
             raise ConfigError(f"the checkpoint stopped after {state['samples']} samples of an epoch, which is not a "

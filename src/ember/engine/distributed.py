@@ -121,19 +121,17 @@ class World:
 
     @staticmethod
     def unwrap(model: nn.Module) -> nn.Module:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        return model.module if isinstance(model, DDP) else model
+        return model.module if hasattr(model, "no_sync") and hasattr(model, "module") else model  # DDP's interface
 
     def no_sync(self, model: nn.Module, sync: bool):
         """Skip gradient communication on micro-steps that do not update the weights."""
         if sync or self.size == 1:
             return contextlib.nullcontext()
-        from torch.distributed.fsdp import FSDPModule
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        if isinstance(model, FSDPModule):
+        # told apart by interface, not class: FSDP2 (fully_shard) makes a class of its own per module type
+        if hasattr(model, "set_requires_gradient_sync"):  # FSDP2
             model.set_requires_gradient_sync(False)
             return _ResyncOnExit(model)
-        return model.no_sync() if isinstance(model, DDP) else contextlib.nullcontext()
+        return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
 class _ResyncOnExit(contextlib.AbstractContextManager):

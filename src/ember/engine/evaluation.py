@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -9,18 +10,41 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .step import to_device
 
 
+@dataclass(frozen=True)
+class EvalCadence:
+    """When to evaluate: every `every` steps, or at each epoch's end, and always after the last step."""
+    strategy: str  # "steps" | "epoch" | "no"
+    every: int
+    total_steps: int
+    micro_per_epoch: int
+    accumulation: int
+
+    def due(self, step: int) -> bool:
+        if self.strategy == "no":
+            return False
+        if step == self.total_steps:
+            return True
+        if self.strategy == "steps":
+            return step % self.every == 0
+        accum = self.accumulation  # "epoch": this step crossed an epoch boundary
+        return (step * accum) // self.micro_per_epoch > ((step - 1) * accum) // self.micro_per_epoch
+
+
 class Evaluator:
     """Each rank evaluates a disjoint shard; every rank runs the same number of batches (FSDP
     forwards are collectives), re-running its last batch without counting it when short."""
 
     def __init__(self, dataset: Dataset, batch_size: int, collate, world, num_workers: int, pin: bool,
-                 max_batches: int | None):
-        self.world = world
+                 max_batches: int | None, cadence: EvalCadence):
+        self.world, self.cadence = world, cadence
         shard = Subset(dataset, range(world.rank, len(dataset), world.size))
         self.loader = DataLoader(shard, batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
                                  pin_memory=pin)
         longest = math.ceil(math.ceil(len(dataset) / world.size) / batch_size)
         self.batches = longest if max_batches is None else min(longest, max_batches)
+
+    def should_evaluate(self, step: int) -> bool:
+        return self.cadence.due(step)
 
     def run(self, task, model, device, precision) -> dict[str, float]:
         sums: dict[str, torch.Tensor] = {}

@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..config.errors import ConfigError
-from .checkpoint import MARKER, PREFIX
+from .checkpoint.format import MARKER, PREFIX
 from .run_lock import LOCK_NAME
 
 # What ember itself writes at the top of output_dir and so may clear on overwrite_output_dir.
@@ -15,8 +15,12 @@ OWN_FILES = ("metrics.jsonl", "checkpoints.jsonl", "training_loss.png", "trainin
 OWN_DIRS = ("tensorboard", "wandb", "eval_results")
 
 
-def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: bool = False) -> Path:
-    """fresh_start: a resume was asked for but there is nothing to resume from (a run killed
+def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: bool = False) -> tuple[Path, bool]:
+    """(output_dir, whether a previous run there is to be written over). The writing over is
+    left to clear_previous_run, once set-up has succeeded: a run refused for bad data or a bad
+    combination must not have deleted the run it was to replace.
+
+    fresh_start: a resume was asked for but there is nothing to resume from (a run killed
     before its first checkpoint), so ember's own leftovers are cleared as on overwrite."""
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
@@ -28,17 +32,20 @@ def prepare_output_dir(cfg, resuming: bool, is_main: bool = True, fresh_start: b
     if busy and not (resuming or overwrite):
         raise ConfigError(f"output_dir {root} is not empty; set overwrite_output_dir: true to write over it, "
                           "or resume_from_checkpoint: true to continue the run in it")
-    if busy and overwrite and not resuming and is_main:
-        for name in OWN_FILES:
-            (root / name).unlink(missing_ok=True)
-        for name in OWN_DIRS:
-            shutil.rmtree(root / name, ignore_errors=True)
-        for folder in [*root.glob(f"{PREFIX}*"), *root.glob(f".tmp-{PREFIX}*")]:
-            if (folder / MARKER).exists() or folder.name.startswith(".tmp-"):
-                shutil.rmtree(folder)
     if is_main:
         root.mkdir(parents=True, exist_ok=True)
-    return root
+    return root, busy and overwrite and not resuming
+
+
+def clear_previous_run(root: Path) -> None:
+    """Delete what ember wrote in output_dir (never a folder or file it did not write)."""
+    for name in OWN_FILES:
+        (root / name).unlink(missing_ok=True)
+    for name in OWN_DIRS:
+        shutil.rmtree(root / name, ignore_errors=True)
+    for folder in [*root.glob(f"{PREFIX}*"), *root.glob(f".tmp-{PREFIX}*")]:
+        if (folder / MARKER).exists() or folder.name.startswith(".tmp-"):
+            shutil.rmtree(folder)
 
 
 CONFIG_HEADER = "# written by ember: this run's resolved config; `ember train <this file>` repeats the run\n"

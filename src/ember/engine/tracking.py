@@ -14,15 +14,20 @@ log = logging.getLogger("ember")
 
 
 class MetricsLog:
-    def __init__(self, cfg, enabled: bool = True):
+    def __init__(self, cfg, run_name: str, total_steps: int, enabled: bool = True):
         self.enabled = enabled
+        self.every, self.last = cfg.logging_steps, total_steps
         self.path = Path(cfg.output_dir) / "metrics.jsonl"
         self.tb = self.wandb = None
         if enabled and cfg.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard"))
         if enabled and cfg.report_to == "wandb":
-            self.wandb = start_wandb(cfg)
+            self.wandb = start_wandb(cfg, run_name)
+
+    def should_log(self, step: int) -> bool:
+        """Training metrics every logging_steps, and at the last step."""
+        return step % self.every == 0 or step == self.last
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -48,7 +53,7 @@ class MetricsLog:
             self.wandb.finish()
 
 
-def start_wandb(cfg):
+def start_wandb(cfg, run_name: str):
     """A wandb run under output_dir. Offline unless the user has set WANDB_MODE or an API key:
     no machine here reaches wandb.ai, and a training run must never wait on a login prompt."""
     try:
@@ -56,8 +61,8 @@ def start_wandb(cfg):
     except ImportError:
         raise ConfigError("report_to wandb needs the wandb package: pip install wandb") from None
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ember"), name=cfg.run_name, dir=cfg.output_dir,
-                     config=cfg.to_dict(), mode=mode)
+    run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ember"), name=run_name, dir=cfg.output_dir,
+                     config={**cfg.to_dict(), "run_name": run_name}, mode=mode)
     run.define_metric("external_step")
     run.define_metric("external/*", step_metric="external_step")
     if mode == "offline":

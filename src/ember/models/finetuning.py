@@ -56,7 +56,7 @@ def load_adapter(model: nn.Module, path: str, is_trainable: bool = False) -> nn.
 
     from peft import PeftModel
 
-    from ..engine.weights import unpickling_refusal
+    from ..engine.checkpoint.weights import unpickling_refusal
     try:
         return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
     except pickle.UnpicklingError as err:

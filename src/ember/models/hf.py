@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..config.errors import ConfigError
-from ..engine.weights import unpickling_refusal
+from ..engine.checkpoint.weights import unpickling_refusal
 
 
 def preset_names() -> list[str]:

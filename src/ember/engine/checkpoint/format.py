@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -20,6 +21,9 @@ import numpy as np
 import torch
 import xxhash
 from safetensors.torch import load_file
+
+from ...config.errors import first_line
+from .weights import unpickling_refusal
 
 MARKER = "COMPLETE"
 LOW_DISK_BYTES = 16 << 20  # below this, a failed write is put down to a full disk
@@ -204,16 +208,19 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict:
             read_metadata(path / "dcp" / ".metadata")
         bundle["weights"] = None if sharded else load_file(str(path / "model.safetensors"))
         optimizer_file = path / "optimizer.pt"
-        bundle["optimizers"] = (torch.load(optimizer_file, weights_only=True) if optimizer_file.exists()
+        bundle["optimizers"] = (_torch_load(optimizer_file) if optimizer_file.exists()
                                 else "dcp" if sharded and not bundle["state"].get("save_only_model") else None)
         rng_file = path / f"rng_state_{rank}.pt"
-        bundle["rng"] = torch.load(rng_file, weights_only=True) if rng_file.exists() else None
-    except Exception as err:  # safetensors, pickle and json each raise their own types
+        bundle["rng"] = _torch_load(rng_file) if rng_file.exists() else None
+    except CheckpointError:
+        raise
+    except Exception as err:  # safetensors and json each raise their own types
         raise CheckpointError(f"checkpoint {path} is unreadable: {first_line(err)}") from None
     return bundle
 
 
-def first_line(err: BaseException) -> str:
-    """An exception as one line (torch's unpickling errors run to a dozen lines of advice)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def _torch_load(file: Path):
+    try:
+        return torch.load(file, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"refused to read {file}: {unpickling_refusal(err)}") from None

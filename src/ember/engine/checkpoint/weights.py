@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..config.errors import ConfigError
+from ...config.errors import ConfigError, first_line
 
 log = logging.getLogger("ember")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
@@ -38,7 +38,7 @@ def _torch_file(path: Path) -> dict:
     except pickle.UnpicklingError as err:
         raise ConfigError(f"refused to load {path}: {unpickling_refusal(err)}") from None
     except Exception as err:
-        raise ConfigError(f"cannot read {path}: {(str(err).strip().splitlines() or [type(err).__name__])[0]}") from None
+        raise ConfigError(f"cannot read {path}: {first_line(err)}") from None
     for key in ("state_dict", "model", "module"):  # Lightning and trainer-style wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -13,8 +13,8 @@ import os
 import time
 from pathlib import Path
 
-from ..config.errors import ConfigError
-from .checkpoint import (CheckpointError, checkpoint_folders, complete_checkpoints, read_checkpoint, step_of,
+from ...config.errors import ConfigError
+from .format import (CheckpointError, checkpoint_folders, complete_checkpoints, read_checkpoint, step_of,
                          verify)
 
 log = logging.getLogger("ember")

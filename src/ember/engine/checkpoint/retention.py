@@ -10,7 +10,7 @@ import math
 import shutil
 from pathlib import Path
 
-from .checkpoint import complete_checkpoints, step_of
+from .format import complete_checkpoints, step_of
 
 
 def is_better(value: float, best: float | None, greater_is_better: bool) -> bool:

@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .checkpoint import PREFIX, TMP_PREFIX, read_checkpoint, step_of, write_checkpoint
+from .format import PREFIX, TMP_PREFIX, read_checkpoint, step_of, write_checkpoint
 from .retention import is_better, prune
 
 log = logging.getLogger("ember")
@@ -34,12 +34,18 @@ class CheckpointManager:
                 shutil.rmtree(leftover, ignore_errors=True)
         world.barrier()
 
-    def save(self, step: int, state_io, optimizers: dict, run_state: dict, eval_record: dict) -> Path:
+    def should_save(self, step: int) -> bool:
+        return bool(self.cfg.save_steps) and step % self.cfg.save_steps == 0
+
+    def save(self, step: int, state_io, optimizers: dict, parts: dict, eval_record: dict) -> Path:
+        """Write checkpoint-<step>: weights and optimizers through state_io, and the state of every
+        Stateful part (this manager's own record of the best among them) in trainer_state.json."""
         value = eval_record.get(self.metric)
         is_best = is_better(value, self.best_metric, self.greater)
         if is_best:
             self.best_metric, self.best_step = value, step
-        state = {**run_state, "best": self.state_dict(), "save_only_model": self.cfg.save_only_model}
+        state = {name: part.state_dict() for name, part in parts.items()}
+        state.update(world_size=self.world.size, save_only_model=self.cfg.save_only_model)
         started = time.perf_counter()
         writer = state_io.writer(None if self.cfg.save_only_model else optimizers)
         path = write_checkpoint(self.root, step, self.world, writer, state)

@@ -17,7 +17,7 @@ import torch
 from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 
-from .checkpoint import CheckpointError
+from .format import CheckpointError
 
 # (module, name) pairs DCP's metadata pickle may name: its own dataclasses, the storage
 # index, and the torch values a tensor's properties hold. Nothing here can run code.

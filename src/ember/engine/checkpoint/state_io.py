@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import CheckpointError, checkpoint_tensors, first_line
+from ...config.errors import first_line
+from .format import CheckpointError, checkpoint_tensors
 from .weights import load_weights
 
 

@@ -1,0 +1,52 @@
+"""Building the parts a run trains with, each from its own keys: the model (initialised, placed,
+cast, compiled, wrapped), its optimizers, and the number of steps the run will take."""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+from ..config.errors import ConfigError
+from .checkpoint.weights import load_weights, read_weights
+from .optim import build_optimizer, default_param_groups
+from .runtime import compile_model
+
+log = logging.getLogger("ember")
+
+
+def build_model(task, cfg, device: torch.device, precision, world) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(the model as the loop calls it — DDP/FSDP-wrapped when distributed —, the bare model)."""
+    model = task.build_model()
+    if cfg.load_from_checkpoint:
+        load_weights(model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
+                     cfg.ignore_mismatched_sizes)
+        log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
+    if next(model.parameters()).device != device:  # k-bit models are placed when loaded
+        model.to(device)
+    if precision.param_dtype is not None:
+        model.to(precision.param_dtype)
+    if cfg.compile:
+        compile_model(model)
+    wrapped = world.wrap(model, device, precision, cfg.fsdp_cpu_offload, find_unused=task.forward_may_skip_parameters,
+                         broadcast_buffers=task.ddp_broadcast_buffers)
+    return wrapped, model
+
+
+def build_optimizers(task, raw: torch.nn.Module, cfg, device: torch.device, world) -> dict:
+    """One optimizer per entry of the task's param_groups (one, "model", by default)."""
+    groups = task.param_groups(raw) or default_param_groups(raw, cfg)
+    if len(groups) > 1 and world.strategy == "fsdp":
+        # each optimizer's gradients are kept apart by backward(inputs=its parameters), and
+        # FSDP2's sharded parameters are not in the autograd graph (the forward uses gathered
+        # copies): they would get no gradient, and the run would train nothing without error
+        raise ConfigError(f"distributed_strategy: fsdp cannot train a task with several optimizers "
+                          f"({', '.join(groups)}); use ddp")
+    return {name: build_optimizer(g, cfg, device) for name, g in groups.items()}
+
+
+def total_steps(cfg, micro_per_epoch: int) -> int:
+    """max_steps when set, else num_train_epochs over this rank's micro-batches per epoch."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    return max(1, math.ceil(cfg.num_train_epochs * micro_per_epoch / cfg.gradient_accumulation_steps))
