@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ember.data.video_synth import write_demo_videos
+from ember.tasks.video_vae.synth import write_demo_videos
 
 
 def main() -> None:

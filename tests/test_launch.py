@@ -122,6 +122,13 @@ def test_environment_fills_only_what_the_config_leaves_at_its_default(no_launch_
     assert launch.launch_settings(make_config(nproc_per_node=4))["nproc_per_node"] == 4
 
 
+def test_an_explicit_default_value_still_wins_over_the_environment(no_launch_env, make_config):
+    """`nproc_per_node: 1` written out means one process, even with NPROC_PER_NODE=2 set."""
+    no_launch_env.setenv("NPROC_PER_NODE", "2")
+    assert launch.needs_launch(make_config())
+    assert not launch.needs_launch(make_config(nproc_per_node=1))
+
+
 @pytest.fixture
 def calls(no_launch_env):
     seen = []

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 
 from .config.errors import ConfigError
-from .data.images import ImageProcessor, open_image
 from .models.hf import load_tokenizer
-from .models.vlm import VisionLanguageModel
-from .tasks.vlm import IMAGE_TOKEN, PROCESSOR_FILE
+from .tasks.vlm.images import ImageProcessor, open_image
+from .tasks.vlm.model import VisionLanguageModel
+from .tasks.vlm.task import IMAGE_TOKEN, PROCESSOR_FILE
 
 
 class VLMChat:

@@ -1,7 +1,7 @@
 """`ember train ... --nproc_per_node N` starts torchrun itself, as llamafactory-cli does.
 
 The environment (NPROC_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT) fills in what
-the config leaves at its default. Under torchrun each process runs `ember train` with the
+the config leaves unset (an explicit value, even the default one, wins). Under torchrun each process runs `ember train` with the
 same arguments and trains (it sees LOCAL_RANK and does not launch again).
 """
 from __future__ import annotations
@@ -14,15 +14,14 @@ from .engine.distributed import under_torchrun
 
 ENV = {"nproc_per_node": "NPROC_PER_NODE", "nnodes": "NNODES", "node_rank": "NODE_RANK",
        "master_addr": "MASTER_ADDR", "master_port": "MASTER_PORT"}
-DEFAULTS = {"nproc_per_node": 1, "nnodes": 1, "node_rank": 0, "master_addr": "127.0.0.1", "master_port": 29500}
 
 
 def launch_settings(cfg) -> dict:
     settings = {}
     for key, var in ENV.items():
         value = getattr(cfg, key)
-        if value == DEFAULTS[key] and os.environ.get(var):
-            value = type(DEFAULTS[key])(os.environ[var])
+        if key not in cfg.model_fields_set and os.environ.get(var):
+            value = type(value)(os.environ[var])
         settings[key] = value
     return settings
 
@@ -36,7 +35,7 @@ def run_torchrun(cfg, train_args: list[str]) -> int:
     s = launch_settings(cfg)
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={s['nproc_per_node']}",
                f"--max_restarts={cfg.max_restarts}"]
-    if s["nnodes"] == 1 and not os.environ.get("MASTER_PORT") and s["master_port"] == DEFAULTS["master_port"]:
+    if s["nnodes"] == 1 and not os.environ.get("MASTER_PORT") and "master_port" not in cfg.model_fields_set:
         command.append("--standalone")  # one machine: a free local port, no clash with other runs
     else:
         command += [f"--nnodes={s['nnodes']}", f"--node_rank={s['node_rank']}", f"--master_addr={s['master_addr']}",

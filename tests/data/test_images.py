@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ember.config import ConfigError
-from ember.data.images import BadImage, ImageProcessor, open_image
+from ember.tasks.vlm.images import BadImage, ImageProcessor, open_image
 
 
 def solid(width: int, height: int, rgb) -> Image.Image:

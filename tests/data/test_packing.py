@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ember.data.labels import IGNORE
 from ember.data.packing import SFTDataset, collate_sft, knapsack
-from ember.data.pretrain import IGNORE
 from ember.models.hf import load_causal_lm
 from ember.tasks import build_task
 

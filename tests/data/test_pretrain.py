@@ -18,7 +18,8 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from ember.config import ConfigError
-from ember.data.pretrain import IGNORE, BlockDataset, collate_blocks
+from ember.data.labels import IGNORE
+from ember.data.pretrain import BlockDataset, collate_blocks
 from ember.tasks import build_task
 
 # blank lines between documents, indentation, unicode and one document far longer than a block

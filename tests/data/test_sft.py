@@ -17,7 +17,7 @@ from tokenizers import Tokenizer
 
 from ember.config import ConfigError
 from ember.data.packing import collate_sft
-from ember.data.pretrain import IGNORE
+from ember.data.labels import IGNORE
 from ember.data.registry import DatasetSpec
 from ember.data.sft import encode_conversation, to_messages
 from ember.data.templates import TEMPLATES, ensure_chat_template

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from ember.config.errors import ConfigError
-from ember.data.video import VideoClipDataset, clip_stride, probe_videos
-from ember.data.video_index import FrameIndex
-from ember.data.video_io import count_frames, read_frames, to_clip_tensor, write_video
-from ember.data.video_sources import INDEX_NAME, list_sources
-from ember.data.video_synth import bouncing_shapes, write_demo_videos
+from ember.tasks.video_vae.data import VideoClipDataset, clip_stride, probe_videos
+from ember.tasks.video_vae.index import FrameIndex
+from ember.tasks.video_vae.sources import INDEX_NAME, list_sources
+from ember.tasks.video_vae.synth import bouncing_shapes, write_demo_videos
+from ember.tasks.video_vae.video_io import count_frames, read_frames, to_clip_tensor, write_video
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_csv_and_json_lists_resolve_relative_paths(video_dir):
 
 
 def test_images_are_one_frame_clips(tmp_path):
-    from ember.data.video import clip_frames_for
+    from ember.tasks.video_vae.data import clip_frames_for
     for i in range(2):
         Image.fromarray(np.full((30, 40, 3), 60 * i, dtype=np.uint8)).save(tmp_path / f"img{i}.png")
     entries = probe_videos(str(tmp_path), 9, 1, "skip")

@@ -17,9 +17,9 @@ from transformers import AutoTokenizer
 
 from ember.config import ConfigError
 from ember.config.schema import TrainConfig
-from ember.data.images import BadImage, ImageProcessor
-from ember.data.pretrain import IGNORE
-from ember.data.vlm_data import build_vlm_datasets
+from ember.data.labels import IGNORE
+from ember.tasks.vlm.data import build_vlm_datasets
+from ember.tasks.vlm.images import BadImage, ImageProcessor
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_TOKEN, EOS, TPI = "<|image|>", "<|endoftext|>", 2

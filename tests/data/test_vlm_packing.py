@@ -18,10 +18,10 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from ember.config.schema import TrainConfig
-from ember.data.images import ImageProcessor
-from ember.data.pretrain import IGNORE
-from ember.data.vlm_data import build_vlm_datasets
-from ember.data.vlm_packing import VLMSamples, build_packed, collate_vlm, knapsack
+from ember.data.labels import IGNORE
+from ember.tasks.vlm.data import build_vlm_datasets
+from ember.tasks.vlm.images import ImageProcessor
+from ember.tasks.vlm.packing import VLMSamples, build_packed, collate_vlm, knapsack
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE_ID, PAD, TPI, SIZE = 99, 0, 3, 4

@@ -24,14 +24,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from ember.config import build_config
-from ember.data.video_synth import write_demo_videos
-from ember.engine.trainer import Trainer
-from ember.tasks import build_task
-
 from conftest import read_metrics
 from multiprocess_helpers import as_args, assert_ran, assert_same_curve, assert_same_weights, clean_env, run_logged
+
+from ember.config import build_config
+from ember.engine.trainer import Trainer
+from ember.tasks import build_task
+from ember.tasks.video_vae.synth import write_demo_videos
 
 EMBER = str(Path(sys.executable).parent / "ember")
 STEPS = 4

@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ember.models.causal_vae import CausalVAE, CausalVAEConfig, DiagonalGaussian
-from ember.models.discriminator import PatchDiscriminator3D
-from ember.models.video_losses import adaptive_generator_weight, discriminator_loss, psnr, ssim
-
+from ember.tasks.video_vae.discriminator import PatchDiscriminator3D
+from ember.tasks.video_vae.losses import adaptive_generator_weight, discriminator_loss, psnr, ssim
+from ember.tasks.video_vae.model import CausalVAE, CausalVAEConfig, DiagonalGaussian
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ember.models.modality_projector import ModalityProjector
+from ember.tasks.vlm.projector import ModalityProjector
 
 
 def test_each_token_holds_its_block_of_patches_in_row_major_order():

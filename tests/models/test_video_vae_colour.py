@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ember.models.causal_vae import CausalVAE, CausalVAEConfig
-from ember.models.causal_vae_blocks import SpatialDownsample, SpatialUpsample, TimeDownsample, TimeUpsample
+from ember.tasks.video_vae.blocks import SpatialDownsample, SpatialUpsample, TimeDownsample, TimeUpsample
+from ember.tasks.video_vae.model import CausalVAE, CausalVAEConfig
 
 TINY = {"base_channels": 8, "channel_mult": [1, 2, 2, 2], "temporal_downsample": [False, True, True],
         "num_res_blocks": 1, "z_channels": 4, "mid_attention": False}

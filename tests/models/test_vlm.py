@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 from transformers import LlamaConfig, LlamaForCausalLM, SiglipConfig, SiglipModel
 
 from ember.config.errors import ConfigError
-from ember.models.vision import load_vision_encoder
-from ember.models.vlm import VisionLanguageModel, build_vlm
+from ember.tasks.vlm.model import VisionLanguageModel, build_vlm
+from ember.tasks.vlm.vision import load_vision_encoder
 
 IMG = 299  # the image token: the last id of the 300-token vocabulary
 TPI = 16   # tokens per image: (32 / 4 / 2)²

@@ -10,10 +10,9 @@ import torch
 from ember.cli import main
 from ember.config import build_config
 from ember.config.errors import ConfigError
-from ember.data.video_io import write_video
-from ember.data.video_synth import bouncing_shapes, write_demo_videos
-from ember.models.causal_vae import CausalVAE
-
+from ember.tasks.video_vae.model import CausalVAE
+from ember.tasks.video_vae.synth import bouncing_shapes, write_demo_videos
+from ember.tasks.video_vae.video_io import write_video
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -96,7 +95,7 @@ def test_amp_level_and_mode_map_to_precision_policies():
 
 
 def test_perceptual_loss_without_weights_is_a_clear_error():
-    from ember.tasks.video_vae import VideoVAETask
+    from ember.tasks.video_vae.task import VideoVAETask
     cfg = build_config({"task": "video_vae", "video_path": "v", "model_config": "causal_vae-tiny",
                         "perceptual_weight": 0.1})
     with pytest.raises(ConfigError, match="LPIPS"):
@@ -104,7 +103,7 @@ def test_perceptual_loss_without_weights_is_a_clear_error():
 
 
 def test_fsdp_is_refused_with_the_strategy_that_works():
-    from ember.tasks.video_vae import VideoVAETask
+    from ember.tasks.video_vae.task import VideoVAETask
     cfg = build_config({"task": "video_vae", "video_path": "v", "model_config": "causal_vae-tiny",
                         "distributed_strategy": "fsdp"})
     with pytest.raises(ConfigError, match="fsdp.*use ddp"):

@@ -114,7 +114,7 @@ def test_lora_on_the_decoder_exports_a_plain_vlm(vlm_config, train):
     trainer = train(cfg)
     trainable = [n for n, p in trainer.raw.decoder.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    from ember.models.vlm import VisionLanguageModel
+    from ember.tasks.vlm.model import VisionLanguageModel
     reloaded = VisionLanguageModel.from_pretrained(cfg.output_dir)
     assert not any("lora_" in k for k in reloaded.state_dict())
 

@@ -91,8 +91,8 @@ def test_configure_launch_watch_stop_resume(server, browser, corpus_dir, tokeniz
     shots = Path(os.environ.get("EMBER_WEB_SHOTS", tmp_path))
     config = {"model_config": "llama-tiny", "tokenizer_name_or_path": str(tokenizer_dir), "dataset": "tiny_text",
               "dataset_dir": str(corpus_dir), "cutoff_len": 32, "per_device_train_batch_size": 2,
-              "learning_rate": -1, "max_steps": 300, "logging_steps": 10, "save_steps": 200, "val_size": 8,
-              "eval_steps": 100, "disable_tqdm": True, "output_dir": str(root / "e2e")}
+              "learning_rate": -1, "max_steps": 3000, "logging_steps": 10, "save_steps": 1000, "val_size": 8,
+              "eval_steps": 1000, "disable_tqdm": True, "output_dir": str(root / "e2e")}
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_timeout(WAIT_MS)
@@ -131,7 +131,7 @@ def test_configure_launch_watch_stop_resume(server, browser, corpus_dir, tokeniz
     page.locator("#control-message", has_text="sent SIGTERM").wait_for()
     stopped = wait_row(page, "e2e", lambda c: c[1] == "stopped", "the run to stop")
     step = int(stopped[2])
-    assert step < 300
+    assert step < 3000
     page.locator("#ckpt-table tr[data-run]").first.wait_for()  # a checkpoint appears
     saved = [p.name for p in (root / "e2e").glob("checkpoint-*")]
     assert saved, "stopping wrote no checkpoint"
@@ -140,7 +140,7 @@ def test_configure_launch_watch_stop_resume(server, browser, corpus_dir, tokeniz
     page.locator("#resume-btn").click()
     page.locator("#control-message", has_text="queued: resume").wait_for()
     done = wait_row(page, "e2e", lambda c: c[1] in ("finished", "failed"), "the resumed run to end")
-    assert done[1] == "finished" and done[2] == "300", done
+    assert done[1] == "finished" and done[2] == "3000", done
     assert (root / "e2e" / "model.safetensors").exists()
     page.locator("#ckpt-table").get_by_text("★ best").wait_for()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .eval_command import parse_eval_command
-from .schema import TrainConfig
+from .schema import FAMILY_GROUPS, TrainConfig
+from .schema_base import Group
 
 
 def check_consistency(cfg: TrainConfig) -> None:
@@ -25,8 +26,8 @@ def check_consistency(cfg: TrainConfig) -> None:
         raise ConfigError("val_size and eval_dataset are both set; use one source of validation data")
     if cfg.val_size >= 1 and cfg.val_size != int(cfg.val_size):
         raise ConfigError(f"val_size is a fraction below 1 or a whole count of documents; got {cfg.val_size}")
-    starts_from_vlm = cfg.task == "vlm" and cfg.resume_from_vlm_checkpoint  # the saved VLM is the model
-    if cfg.model_name_or_path is None and cfg.model_config_ is None and not starts_from_vlm:
+    own_model = FAMILY_GROUPS.get(cfg.task, Group).brings_its_own_model(cfg)  # e.g. a saved VLM
+    if cfg.model_name_or_path is None and cfg.model_config_ is None and not own_model:
         raise ConfigError("no model: set model_name_or_path (a local HF folder) or model_config (a preset or config.json)")
     if cfg.model_name_or_path and cfg.model_config_ is not None:
         raise ConfigError("model_name_or_path and model_config are both set; "

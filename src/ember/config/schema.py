@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from ..tasks import FAMILIES, family_key_groups
+from .errors import ConfigError
 from .schema_base import Group
 
 SCHEDULERS = (
@@ -21,7 +23,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
 
 class TaskGroup(Group):
     """Task and model"""
-    task: Literal["causal_lm", "vlm", "video_vae"] = Field("causal_lm", description="which model family to train")
+    task: Literal[tuple(FAMILIES)] = Field("causal_lm", description="which model family to train")  # type: ignore[valid-type]
     stage: Literal["pt", "sft"] = Field("pt", description="pt = pretraining on raw text; sft = supervised fine-tuning on conversations")
     finetuning_type: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="which weights train: all, some layers, LoRA adapters, or LoRA on a quantized base")
     do_train: bool = Field(True, description="accepted for LLaMA-Factory YAMLs; ember train always trains")
@@ -84,6 +86,10 @@ class ScheduleGroup(Group):
 
 class PrecisionGroup(Group):
     """Precision and device"""
+    # amp_level is seed 000's MindSpore-style policy, mapped onto PyTorch's: O0 fp32 everywhere
+    # whatever the precision keys say; O1 and O2 autocast in the chosen precision (PyTorch's
+    # autocast already keeps norms and reductions in fp32, which is what O2 adds in MindSpore);
+    # O3 everything in bf16, weights included (pure_bf16), which needs bf16.
     fp16: bool = Field(False, description="fp16 autocast with a dynamic loss scale (for GPUs; slow on CPUs)")
     bf16: bool = Field(False, description="bf16 autocast, fp32 weights")
     pure_bf16: bool = Field(False, description="bf16 weights and compute, no autocast")
@@ -92,6 +98,20 @@ class PrecisionGroup(Group):
     seed: int = Field(42, description="seed for weights, data order and dropout; same seed, same run on CPU")
     compile: bool = Field(False, description="torch.compile each transformer block (fuses the work between matmuls; the first steps compile)")
     mfu_peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s per device that the logged mfu divides by (default: measured at start-up with a matmul in the run's dtype)")
+    amp_level: Literal["O0", "O1", "O2", "O3"] | None = Field(None, description="mixed-precision policy (seed 000): O0 fp32, O1/O2 autocast, O3 pure bf16")
+
+    @model_validator(mode="after")
+    def _apply_amp_level(self):
+        """amp_level is read as the precision keys it stands for (part of parsing, like an alias)."""
+        if self.amp_level == "O0":
+            self.fp16 = self.bf16 = self.pure_bf16 = False
+        elif self.amp_level == "O3":
+            if self.fp16:
+                raise ConfigError("amp_level O3 (pure low precision) needs precision bf16; fp16 weights would "
+                                  "underflow — use amp_level O2 with precision fp16")
+            if self.bf16:
+                self.bf16, self.pure_bf16 = False, True
+        return self
 
 
 class EvalGroup(Group):
@@ -163,12 +183,12 @@ class DistributedGroup(Group):
     max_restarts: int = Field(0, ge=0, description="torchrun restarts after a failed process; each restart resumes from the newest checkpoint")
 
 
-from .video_keys import VideoGroup  # noqa: E402  (a task's own keys live beside its task)
-from .vlm_keys import VLMGroup  # noqa: E402
+# each family's own keys live beside its task (tasks/<family>/keys.py), named by the registry
+FAMILY_GROUPS: dict[str, type[Group]] = family_key_groups()
 
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup, DistributedGroup, VideoGroup, VLMGroup,
+    FinetuneGroup, DistributedGroup, *FAMILY_GROUPS.values(),
 )
 
 

@@ -11,7 +11,7 @@ import logging
 import torch
 from torch.utils.data import Dataset
 
-from .pretrain import IGNORE
+from .labels import IGNORE
 
 log = logging.getLogger("ember")
 

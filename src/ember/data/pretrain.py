@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..config.errors import ConfigError
+from .labels import IGNORE
 
 log = logging.getLogger("ember")
-IGNORE = -100
 
 
 def tokenize_documents(texts: datasets.Dataset, tokenizer, num_proc: int | None, overwrite_cache: bool) -> tuple[np.ndarray, int]:

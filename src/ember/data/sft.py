@@ -11,7 +11,7 @@ import logging
 import datasets
 
 from ..config.errors import ConfigError
-from .pretrain import IGNORE
+from .labels import IGNORE
 from .registry import DatasetSpec
 
 log = logging.getLogger("ember")

@@ -18,10 +18,10 @@ log = logging.getLogger("ember")
 def build_model(task, cfg, device: torch.device, precision, world) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(the model as the loop calls it — DDP/FSDP-wrapped when distributed —, the bare model)."""
     model = task.build_model()
-    if cfg.load_from_checkpoint:
-        load_weights(model, read_weights(cfg.load_from_checkpoint), cfg.load_from_checkpoint,
-                     cfg.ignore_mismatched_sizes)
-        log.info("initialised weights from %s (fresh optimizer and schedule)", cfg.load_from_checkpoint)
+    source = cfg.load_from_checkpoint or task.initial_weights()
+    if source:
+        load_weights(model, read_weights(source), source, cfg.ignore_mismatched_sizes)
+        log.info("initialised weights from %s (fresh optimizer and schedule)", source)
     if next(model.parameters()).device != device:  # k-bit models are placed when loaded
         model.to(device)
     if precision.param_dtype is not None:

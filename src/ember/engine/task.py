@@ -67,6 +67,11 @@ class Task:
         None: one optimizer, "model", over every trainable parameter (engine/optim.py)."""
         return None
 
+    def initial_weights(self) -> str | None:
+        """Weights the engine loads into the built model when load_from_checkpoint is not set (a
+        checkpoint folder, an HF folder or a weights file), e.g. a family's own resume key."""
+        return None
+
     def evaluation_step(self, model: nn.Module, batch: Any) -> dict[str, Loss]:
         """A validation micro-batch's losses, under torch.no_grad. By default the training
         losses; a task whose training step differs (sampling, a GAN term) overrides this."""

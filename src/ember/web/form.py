@@ -17,7 +17,7 @@ import yaml
 
 from ember.config.errors import ConfigError
 from ember.config.loader import build_config
-from ember.config.schema import GROUPS
+from ember.config.schema import FAMILY_GROUPS, GROUPS
 
 NONE = ""  # how a choice or text field shows "not set"
 
@@ -101,10 +101,12 @@ BY_KEY = {f.key: f for f in FIELDS}
 GROUP_TITLES: list[str] = list(dict.fromkeys(f.group for f in FIELDS))
 
 
+_TASK_OF_TITLE = {(group.__doc__ or group.__name__).strip(): task for task, group in FAMILY_GROUPS.items()}
+
+
 def group_task(title: str) -> str | None:
-    """The task a group belongs to, from its title's '(task X)'; None = every task."""
-    found = re.search(r"\(task (\w+)\)", title)
-    return found.group(1) if found else None
+    """The task family a group of keys belongs to (the registry says); None = every task."""
+    return _TASK_OF_TITLE.get(title)
 
 
 def visible_groups(task: str) -> list[bool]:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...data.labels import IGNORE
 from .images import BadImage, ImageProcessor, open_image
-from .pretrain import IGNORE
 
 log = logging.getLogger("ember")
 

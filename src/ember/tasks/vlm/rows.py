@@ -9,8 +9,8 @@ from pathlib import Path
 
 import datasets
 
-from ..config.errors import ConfigError
-from .registry import DatasetSpec
+from ...config.errors import ConfigError
+from ...data.registry import DatasetSpec
 
 MARKER = "<image>"  # LLaMA-Factory's image placeholder
 RATINGS = {"relevance_ratings": "relevance_min_rating",

@@ -4,18 +4,19 @@ from __future__ import annotations
 import datasets
 import torch
 
-from ..config.errors import ConfigError
-from ..data.packing import build_sft_dataset, collate_sft
-from ..data.pretrain import IGNORE, build_blocks, collate_blocks
-from ..data.readers import read_dataset, text_column
-from ..data.registry import resolve_datasets
-from ..data.sft import encode_sft
-from ..data.templates import ensure_chat_template
-from ..engine.optim import default_param_groups
-from ..engine.task import Loss, Task
-from ..models.finetuning import apply_finetuning
-from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
-from .lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
+from ...config.errors import ConfigError
+from ...data.labels import IGNORE
+from ...data.packing import build_sft_dataset, collate_sft
+from ...data.pretrain import build_blocks, collate_blocks
+from ...data.readers import read_dataset, text_column
+from ...data.registry import resolve_datasets
+from ...data.sft import encode_sft
+from ...data.templates import ensure_chat_template
+from ...engine.optim import default_param_groups
+from ...engine.task import Loss, Task
+from ...models.finetuning import apply_finetuning
+from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
+from ...models.lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
 
 # model types whose causal-LM head is exactly `lm_head(last_hidden_state)` (no logit scaling
 # or soft-capping), so the loss may be taken from the hidden states directly
@@ -77,7 +78,7 @@ class CausalLMTask(Task):
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
         if cfg.finetuning_type == "qlora":
-            from ..models.quantized import load_quantized_causal_lm
+            from ...models.quantized import load_quantized_causal_lm
             model = load_quantized_causal_lm(cfg)
         elif cfg.model_name_or_path:
             model = load_causal_lm(cfg.model_name_or_path, cfg.trust_remote_code)
@@ -87,7 +88,7 @@ class CausalLMTask(Task):
             model.resize_token_embeddings(len(self.tokenizer))
         if cfg.stage == "sft" and cfg.packing and _packs_by_segments(model.config):
             # packed rows: attention per sample (the sum of len² over samples), not over whole rows
-            from ..models.packed_attention import NAME
+            from ...models.packed_attention import NAME
             model.set_attn_implementation(NAME)
         return apply_finetuning(model, cfg)
 

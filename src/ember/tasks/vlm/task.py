@@ -16,18 +16,18 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from ..config.errors import ConfigError
-from ..data.images import ImageProcessor
-from ..data.pretrain import IGNORE
-from ..data.templates import ensure_chat_template
-from ..data.vlm_data import build_vlm_datasets
-from ..engine.optim import decay_split
-from ..engine.task import Loss, Task
-from ..models.finetuning import apply_finetuning
-from ..models.hf import load_causal_lm, load_tokenizer, new_causal_lm
-from ..models.vision import load_vision_encoder, read_vision_config
-from ..models.vlm import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
-from .lm_loss import logits_cross_entropy, next_token_labels
+from ...config.errors import ConfigError
+from ...data.labels import IGNORE
+from ...data.templates import ensure_chat_template
+from ...engine.optim import decay_split
+from ...engine.task import Loss, Task
+from ...models.finetuning import apply_finetuning
+from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
+from ...models.lm_loss import logits_cross_entropy, next_token_labels
+from .data import build_vlm_datasets
+from .images import ImageProcessor
+from .model import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
+from .vision import load_vision_encoder, read_vision_config
 
 log = logging.getLogger("ember")
 IMAGE_TOKEN = "<|image|>"
@@ -46,14 +46,14 @@ class VLMTask(Task):
     def __init__(self, cfg):
         self.cfg = cfg
         self.saved_vlm = None  # a whole VLM folder to start from (resume_from_vlm_checkpoint)
+        self.checkpoint_weights = None  # or a checkpoint-N folder of an ember run, loaded by the engine
         if cfg.resume_from_vlm_checkpoint:
             if not cfg.vlm_checkpoint_path:
                 raise ConfigError("resume_from_vlm_checkpoint needs vlm_checkpoint_path (the VLM folder to start from)")
             if (Path(cfg.vlm_checkpoint_path) / CONFIG_FILE).is_file():
                 self.saved_vlm = cfg.vlm_checkpoint_path
-            elif cfg.load_from_checkpoint is None:
-                # a checkpoint-N folder of an ember run: the same model built from this config, its weights loaded
-                cfg.load_from_checkpoint = cfg.vlm_checkpoint_path
+            else:  # the same model built from this config, that checkpoint's weights loaded into it
+                self.checkpoint_weights = cfg.vlm_checkpoint_path
         self.tokenizer = self._tokenizer()
         ensure_chat_template(self.tokenizer, cfg.template)
         self.image_token_id = add_image_token(self.tokenizer)
@@ -66,6 +66,9 @@ class VLMTask(Task):
                                    image_token_id=self.image_token_id, image_token=IMAGE_TOKEN)
             self.shape.check()
         self.processor = ImageProcessor(self.shape.image_size, cfg.max_img_size)
+
+    def initial_weights(self) -> str | None:
+        return self.checkpoint_weights
 
     def _tokenizer(self):
         cfg = self.cfg

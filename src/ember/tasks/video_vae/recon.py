@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.video_io import to_uint8_frames, write_video
+from .video_io import to_uint8_frames, write_video
 
 
 def write_reconstructions(folder: str | Path, tag: str, real_bcthw: torch.Tensor, recon_bcthw: torch.Tensor,

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ember.tasks import lm_loss
-from ember.tasks.lm_loss import linear_cross_entropy
+from ember.models.lm_loss import linear_cross_entropy
+from ember.models import lm_loss
 
 
 def reference(hidden, weight, labels):

@@ -1,11 +1,8 @@
 """Keys of task video_vae (seed 000's train_causalvae.py flags).
 
-amp_level, mode and jit_level are MindSpore-style flags of the seed; each maps onto a PyTorch policy:
+mode and jit_level are MindSpore-style flags of the seed (its amp_level applies to every task,
+so it lives with the precision keys in config/schema.py); each maps onto a PyTorch policy:
 
-  amp_level  O0  fp32 everywhere, whatever `precision` says
-             O1  autocast in `precision` (bf16/fp16) on the ops PyTorch lists as safe; fp32 weights
-             O2  the same in PyTorch: autocast already keeps norms and reductions in fp32 (the seed's value)
-             O3  everything in bf16, weights included (pure_bf16); needs precision bf16
   mode       0  compiled graph: torch.compile the VAE (falls back to eager, with a notice, where
                 compilation does not run, e.g. without a C++ compiler)
              1  eager PyTorch (the default: compiling costs minutes on a CPU)
@@ -17,7 +14,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .schema_base import Group
+from ...config.schema_base import Group
 
 
 class VideoGroup(Group):
@@ -39,7 +36,6 @@ class VideoGroup(Group):
     disc_channels: int = Field(64, gt=0, description="width of the 3D PatchGAN discriminator's first layer")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the VAE weights used for evaluation and export; 0 = off")
     num_recon_clips: int = Field(2, ge=0, description="validation clips written as mp4 and PNG strips at each evaluation")
-    amp_level: Literal["O0", "O1", "O2", "O3"] | None = Field(None, description="mixed-precision policy: O0 fp32, O1/O2 autocast, O3 pure bf16")
     mode: Literal[0, 1] = Field(1, description="0 = compiled graph (torch.compile), 1 = eager")
     jit_level: Literal["O0", "O1", "O2"] = Field("O1", description="with mode 0: O0 no compile, O1 default, O2 max-autotune")
 
@@ -54,17 +50,3 @@ class VideoGroup(Group):
             if raw.get("model_config") is None and raw.get("model_config_") is None:
                 raw = {**raw, "model_config": "causal_vae-488"}
         return raw
-
-    @model_validator(mode="after")
-    def _apply_amp_level(self):
-        level = getattr(self, "amp_level", None)
-        if level == "O0":
-            self.fp16 = self.bf16 = self.pure_bf16 = False
-        elif level == "O3":
-            if self.fp16:
-                from .errors import ConfigError
-                raise ConfigError("amp_level O3 (pure low precision) needs precision bf16; fp16 weights would "
-                                  "underflow — use amp_level O2 with precision fp16")
-            if self.bf16:
-                self.bf16, self.pure_bf16 = False, True
-        return self

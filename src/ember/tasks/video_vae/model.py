@@ -24,9 +24,19 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..config.errors import ConfigError
-from .causal_vae_blocks import (CausalConv3d, FrameAttention, ResBlock3D, SpatialDownsample, SpatialUpsample,
-                                TimeDownsample, TimeUpsample, channel_map, channel_shortcut_, norm)
+from ...config.errors import ConfigError
+from .blocks import (
+    CausalConv3d,
+    FrameAttention,
+    ResBlock3D,
+    SpatialDownsample,
+    SpatialUpsample,
+    TimeDownsample,
+    TimeUpsample,
+    channel_map,
+    channel_shortcut_,
+    norm,
+)
 
 
 @dataclass

@@ -15,17 +15,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config.errors import ConfigError
-from ..data.video import build_video_datasets, collate_clips
-from ..engine.optim import decay_split
-from ..engine.task import Loss, Task
-from ..models.causal_vae import CausalVAE, CausalVAEConfig, clip_noise
-from ..models.discriminator import PatchDiscriminator3D
-from ..models.ema import EMAWeights
-from ..models.video_losses import (adaptive_generator_weight, discriminator_loss, generator_adversarial_loss, psnr,
-                                   reconstruction_sum, ssim)
-from ..models.video_recon import write_reconstructions
-from .video_compile import CompiledForward
+from ...config.errors import ConfigError
+from ...engine.optim import decay_split
+from ...engine.task import Loss, Task
+from .compile import CompiledForward
+from .data import build_video_datasets, collate_clips
+from .discriminator import PatchDiscriminator3D
+from .ema import EMAWeights
+from .losses import (
+    adaptive_generator_weight,
+    discriminator_loss,
+    generator_adversarial_loss,
+    psnr,
+    reconstruction_sum,
+    ssim,
+)
+from .model import CausalVAE, CausalVAEConfig, clip_noise
+from .recon import write_reconstructions
 
 log = logging.getLogger("ember")
 

@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, SiglipVisionModel
 
-from ..config.errors import ConfigError
-from .modality_projector import ModalityProjector
+from ...config.errors import ConfigError
+from .projector import ModalityProjector
 from .vision import drop_pooling_head, vision_config_from_dict
 
 CONFIG_FILE, WEIGHTS_FILE = "vlm_config.json", "model.safetensors"

@@ -2,13 +2,12 @@
 image handling, knapsack packing and the dataset quality filters."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .schema_base import Group
+from ...config.schema_base import Group, short_name
 
 
 class VLMGroup(Group):
@@ -32,14 +31,26 @@ class VLMGroup(Group):
     resume_from_vlm_checkpoint: bool = Field(False, description="start from the VLM saved at vlm_checkpoint_path (weights only, fresh optimizer, as nanoVLM)")
     vlm_checkpoint_path: str | None = Field(None, description="with resume_from_vlm_checkpoint: the VLM folder to start from; otherwise the root under which output_dir defaults to <vlm_checkpoint_path>/<run_name>")
 
+    @classmethod
+    def run_name_parts(cls, cfg) -> tuple[str, str]:
+        """As nanoVLM names its runs: encoder, image size, pixel shuffle, decoder; three learning rates."""
+        size = f"_{cfg.max_img_size}" if cfg.max_img_size else ""
+        model = (f"{short_name(cfg.vision_model_name_or_path or cfg.vision_config)}{size}_mp{cfg.mp_pixel_shuffle_factor}_"
+                 f"{short_name(cfg.model_name_or_path or cfg.model_config_)}")
+        return model, f"lr_vision_{cfg.lr_vision_backbone:g}-language_{cfg.lr_language_backbone:g}-mp_{cfg.lr_mp:g}"
+
+    @classmethod
+    def brings_its_own_model(cls, cfg) -> bool:
+        return bool(cfg.resume_from_vlm_checkpoint)  # the saved VLM is the model
+
     @model_validator(mode="after")
     def _output_under_checkpoint_root(self):
         """nanoVLM saves under <vlm_checkpoint_path>/<run_name>; so does ember when output_dir is not given
         (the automatic name without its date, so re-running the command finds the same folder)."""
         if (getattr(self, "task", None) == "vlm" and self.vlm_checkpoint_path and not self.resume_from_vlm_checkpoint
                 and "output_dir" not in self.model_fields_set):
-            from .run_name import auto_run_name
-            world = int(os.environ.get("WORLD_SIZE", self.nproc_per_node * self.nnodes))
-            name = self.run_name or auto_run_name(self, world, None, dated=False)
+            from ...config.run_name import auto_run_name
+            # the processes the config asks for (not the environment: parsing reads only the config)
+            name = self.run_name or auto_run_name(self, self.nproc_per_node * self.nnodes, None, dated=False)
             self.output_dir = str(Path(self.vlm_checkpoint_path) / name)
         return self

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..config.errors import ConfigError
+from ...config.errors import ConfigError
 
 RESAMPLE = Image.Resampling.BICUBIC  # SigLIP's processor resamples bicubically
 

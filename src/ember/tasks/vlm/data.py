@@ -28,15 +28,15 @@ from collections import Counter
 import datasets
 import numpy as np
 
-from ..config.errors import ConfigError
+from ...config.errors import ConfigError
+from ...data.labels import IGNORE
+from ...data.readers import read_dataset
+from ...data.registry import DatasetSpec, resolve_datasets
+from ...data.sft import DROPPED, check_columns, encode_conversation, to_messages
+from ...data.templates import ensure_chat_template
 from .images import BadImage, ImageProcessor, open_image
-from .pretrain import IGNORE
-from .readers import read_dataset
-from .registry import DatasetSpec, resolve_datasets
-from .sft import DROPPED, check_columns, encode_conversation, to_messages
-from .templates import ensure_chat_template
-from .vlm_packing import VLMSamples, build_packed, collate_vlm
-from .vlm_rows import MARKER, RATINGS, detect_form, image_refs, rating, undecoded_images
+from .packing import VLMSamples, build_packed, collate_vlm
+from .rows import MARKER, RATINGS, detect_form, image_refs, rating, undecoded_images
 
 log = logging.getLogger("ember")
 

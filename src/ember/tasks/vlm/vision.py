@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from transformers import SiglipVisionConfig, SiglipVisionModel
 
-from ..config.errors import ConfigError
-from .hf import preset_names
+from ...config.errors import ConfigError
+from ...models.hf import preset_names
 
 # A SigLIP vision tower on its own, or the whole image-text SigLIP model whose vision part is taken.
 VISION_TYPES = ("siglip_vision_model", "siglip")

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from ..config.errors import ConfigError
-from .video_index import FrameIndex
+from ...config.errors import ConfigError
+from .index import FrameIndex
+from .sources import list_sources
 from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_image, read_frames, to_clip_tensor
-from .video_sources import list_sources
 
 log = logging.getLogger("ember")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.pretrain import IGNORE
+from ..data.labels import IGNORE
 
 CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32) for a small vocabulary: cache-sized buffers
 # Each chunk adds its [vocab, d] share of the weight gradient into an fp32 sum, a pass over

@@ -5,7 +5,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..config.errors import ConfigError
+from ...config.errors import ConfigError
 from .video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 PATH_COLUMNS = ("path", "video", "video_path", "file", "filename")
