@@ -6,6 +6,7 @@ all of them at once. Checks that involve several keys live in `checks.py`.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -196,6 +197,11 @@ class TrainConfig(*GROUPS):  # type: ignore[misc]
     """Every key of a training run."""
     model_config = ConfigDict(extra="forbid", protected_namespaces=(), populate_by_name=True,
                               coerce_numbers_to_str=True)
+
+    def part(self, *groups: type[Group]) -> SimpleNamespace:
+        """Only the keys of these groups: what one component is built from. Reading any other key
+        from it fails, so a component's dependence on the config is what its constructor says."""
+        return SimpleNamespace(**{name: getattr(self, name) for group in groups for name in group.model_fields})
 
     def to_dict(self) -> dict:
         """The resolved config as plain YAML-able values, under the keys users write."""

@@ -16,6 +16,7 @@ from torch.distributed.tensor import DTensor
 
 from ..config.errors import ConfigError
 from ..config.run_name import auto_run_name
+from ..config.schema import CheckpointGroup, DistributedGroup, OptimGroup, OutputGroup, PrecisionGroup, ScheduleGroup
 from ..data.sampling import BatchStream
 from .assembly import build_model, build_optimizers, total_steps
 from .checkpoint.format import set_rng_state
@@ -42,9 +43,10 @@ log = logging.getLogger("ember")
 class Trainer:
     def __init__(self, cfg, task):
         self.cfg, self.task = cfg, task
-        self.world = World(cfg)
+        # each component is built from its own keys (cfg.part), the loop's own settings read from cfg
+        self.world = World(cfg.part(DistributedGroup))
         self.device = pick_device(cfg.device, self.world.local_rank)
-        self.precision = Precision(cfg, self.device)
+        self.precision = Precision(cfg.part(PrecisionGroup), self.device)
         self.state = Counters()
         self.lock = OutputDirLock(cfg.output_dir)
         self.window = LogWindow(self.world, self.device)  # losses summed since the last logged step
@@ -70,7 +72,7 @@ class Trainer:
         train_set, val_set, collate = self.task.build_data()
         seed_everything(cfg.seed)  # weights do not depend on how much randomness data loading used
         self.model, self.raw = build_model(self.task, cfg, self.device, self.precision, world)
-        self.optimizers = build_optimizers(self.task, self.raw, cfg, self.device, world)
+        self.optimizers = build_optimizers(self.task, self.raw, cfg.part(OptimGroup), self.device, world)
         if world.is_main and replacing:  # only now that set-up has succeeded is the previous run written over
             clear_previous_run(self.root)
             write_config(resolved, self.root)
@@ -88,8 +90,8 @@ class Trainer:
                               self.total_steps, self.stream.batches_per_epoch(), cfg.gradient_accumulation_steps)
         self.evaluator = (Evaluator(val_set, cfg.per_device_eval_batch_size, collate, world, cfg.dataloader_num_workers,
                                     pin, cfg.max_eval_batches, cadence) if has_val else None)
-        self.schedule = LRSchedule(self.optimizers, cfg, self.total_steps)
-        self.checkpoints = CheckpointManager(cfg, self.root, world)
+        self.schedule = LRSchedule(self.optimizers, cfg.part(ScheduleGroup, OptimGroup), self.total_steps)
+        self.checkpoints = CheckpointManager(cfg.part(CheckpointGroup, OutputGroup), self.root, world)
         self.external_eval = ExternalEval(cfg.eval_command, self.root) if cfg.eval_command and world.is_main else None
         if self.external_eval is not None:
             self.checkpoints.busy_steps = lambda: self.external_eval.busy_steps
