@@ -41,7 +41,9 @@ class VLMGroup(Group):
 
     @classmethod
     def brings_its_own_model(cls, cfg) -> bool:
-        return bool(cfg.resume_from_vlm_checkpoint)  # the saved VLM is the model
+        from .nanovlm import is_nanovlm_folder
+        # the saved VLM is the model; so is a nanoVLM checkpoint given to load_from_checkpoint
+        return bool(cfg.resume_from_vlm_checkpoint) or is_nanovlm_folder(getattr(cfg, "load_from_checkpoint", None))
 
     @model_validator(mode="after")
     def _output_under_checkpoint_root(self):

@@ -38,6 +38,8 @@ class VLMConfig:
     mp_pixel_shuffle_factor: int
     image_token_id: int
     image_token: str = "<|image|>"
+    image_token_layout: str = "plain"  # how an image is laid out in input_ids: plain or nanovlm (data.py)
+    nanovlm: dict | None = None  # the config.json of the nanoVLM checkpoint this model came from (nanovlm.py)
 
     @property
     def image_size(self) -> int:
@@ -149,9 +151,13 @@ class VisionLanguageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path) -> VisionLanguageModel:
+        from .nanovlm import is_nanovlm_folder, load_model
         folder = Path(path)
+        if is_nanovlm_folder(folder):  # a nanoVLM save_pretrained folder: config and weights translated
+            return load_model(folder)
         if not (folder / CONFIG_FILE).is_file() or not (folder / WEIGHTS_FILE).is_file():
-            raise ConfigError(f"{path} is not a saved VLM folder (it needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+            raise ConfigError(f"{path} is not a saved VLM folder (ember's {CONFIG_FILE} + {WEIGHTS_FILE}, "
+                              "or nanoVLM's config.json + model.safetensors)")
         try:
             config = VLMConfig(**json.loads((folder / CONFIG_FILE).read_text()))
         except (json.JSONDecodeError, TypeError) as err:

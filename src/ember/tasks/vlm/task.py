@@ -24,9 +24,11 @@ from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning
 from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ...models.lm_loss import logits_cross_entropy, next_token_labels
+from . import nanovlm
 from .data import build_vlm_datasets
 from .images import ImageProcessor
 from .model import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
+from .nanovlm import is_nanovlm_folder
 from .vision import load_vision_encoder, read_vision_config
 
 log = logging.getLogger("ember")
@@ -50,14 +52,23 @@ class VLMTask(Task):
         if cfg.resume_from_vlm_checkpoint:
             if not cfg.vlm_checkpoint_path:
                 raise ConfigError("resume_from_vlm_checkpoint needs vlm_checkpoint_path (the VLM folder to start from)")
-            if (Path(cfg.vlm_checkpoint_path) / CONFIG_FILE).is_file():
+            if (Path(cfg.vlm_checkpoint_path) / CONFIG_FILE).is_file() or is_nanovlm_folder(cfg.vlm_checkpoint_path):
                 self.saved_vlm = cfg.vlm_checkpoint_path
             else:  # the same model built from this config, that checkpoint's weights loaded into it
                 self.checkpoint_weights = cfg.vlm_checkpoint_path
+        # a nanoVLM folder (to resume from, or load_from_checkpoint's; importing nanovlm registered the
+        # engine's reader for it): its config is the model's shape
+        nano_folder = next((f for f in (self.saved_vlm, cfg.load_from_checkpoint) if is_nanovlm_folder(f)), None)
+        self.nanovlm = nanovlm.read_config(nano_folder) if nano_folder else None
         self.tokenizer = self._tokenizer()
+        if self.nanovlm:
+            nanovlm.prepare_tokenizer(self.tokenizer, self.nanovlm, cfg.template)
         ensure_chat_template(self.tokenizer, cfg.template)
-        self.image_token_id = add_image_token(self.tokenizer)
-        if self.saved_vlm:
+        self.image_token_id = (nanovlm.image_token_id(self.nanovlm) if self.nanovlm
+                               else add_image_token(self.tokenizer))
+        if self.nanovlm:
+            self.shape = nanovlm.vlm_config(self.nanovlm)
+        elif self.saved_vlm:
             self.shape = VLMConfig(**json.loads((Path(self.saved_vlm) / CONFIG_FILE).read_text()))
         else:
             vision = read_vision_config(cfg.vision_model_name_or_path, cfg.vision_config)
@@ -72,10 +83,15 @@ class VLMTask(Task):
 
     def _tokenizer(self):
         cfg = self.cfg
-        source = self.saved_vlm or cfg.tokenizer_name_or_path or cfg.model_name_or_path
+        # nanoVLM folders hold no tokenizer: the user gives a local copy of the one it names
+        saved = None if self.nanovlm else self.saved_vlm
+        source = saved or cfg.tokenizer_name_or_path or cfg.model_name_or_path
+        if source is None and self.nanovlm:
+            raise ConfigError(f"a nanoVLM checkpoint holds no tokenizer: set tokenizer_name_or_path to a local copy "
+                              f"of {self.nanovlm.get('lm_tokenizer')} (ember never downloads)")
         if source is None:
             raise ConfigError("task vlm with model_config needs tokenizer_name_or_path (make one with `ember tokenizer`)")
-        key = ("vlm_checkpoint_path" if self.saved_vlm else
+        key = ("vlm_checkpoint_path" if saved else
                "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path")
         return load_tokenizer(source, key, cfg.trust_remote_code)
 
@@ -91,6 +107,8 @@ class VLMTask(Task):
         if self.saved_vlm:
             model = VisionLanguageModel.from_pretrained(self.saved_vlm)
             log.info("started from the VLM at %s (fresh optimizer, as nanoVLM's resume does)", self.saved_vlm)
+        elif self.nanovlm:  # load_from_checkpoint names a nanoVLM folder: its shape; the engine loads its weights
+            model = VisionLanguageModel(self.shape)
         else:
             if cfg.model_name_or_path:
                 decoder = load_causal_lm(cfg.model_name_or_path, cfg.trust_remote_code)
