@@ -41,13 +41,15 @@ from .rows import MARKER, RATINGS, detect_form, image_refs, rating, undecoded_im
 log = logging.getLogger("ember")
 
 
-def build_vlm_datasets(cfg, tokenizer, processor: ImageProcessor, image_token: str, tokens_per_image: int):
-    """(train, validation or None, collate); validation from eval_dataset or val_size."""
+def build_vlm_datasets(cfg, tokenizer, processor: ImageProcessor, image_token: str, tokens_per_image: int,
+                       layout=None):
+    """(train, validation or None, collate); validation from eval_dataset or val_size. layout: how an
+    image's tokens are laid out (None: a plain run of image tokens; nanovlm_inputs.NanoVLMLayout)."""
     if not getattr(tokenizer, "chat_template", None):
         ensure_chat_template(tokenizer, cfg.template)
     image_token_id = _image_token_id(tokenizer, image_token)
     seq_length = cfg.seq_length or cfg.cutoff_len
-    encoder = RowEncoder(cfg, tokenizer, processor, image_token, image_token_id, tokens_per_image, seq_length)
+    encoder = RowEncoder(cfg, tokenizer, processor, image_token, image_token_id, tokens_per_image, seq_length, layout)
     train_parts = _read(cfg.dataset, cfg)
     val_parts = _read(cfg.eval_dataset, cfg) if cfg.eval_dataset else None
     if val_parts is None and cfg.val_size > 0:
@@ -100,11 +102,12 @@ def split_validation(parts: list, val_size: float, seed: int) -> tuple[list, lis
 class RowEncoder:
     """Turns the rows of one dataset into samples, counting every row it drops and why."""
 
-    def __init__(self, cfg, tokenizer, processor, image_token, image_token_id, tokens_per_image, seq_length):
-        self.cfg, self.tokenizer, self.processor = cfg, tokenizer, processor
+    def __init__(self, cfg, tokenizer, processor, image_token, image_token_id, tokens_per_image, seq_length,
+                 layout=None):
+        self.cfg, self.tokenizer, self.processor, self.layout = cfg, tokenizer, processor, layout
         self.image_token, self.image_token_id, self.tokens_per_image = image_token, image_token_id, tokens_per_image
         self.max_length = min(cfg.max_sample_length or seq_length, seq_length)  # longer cannot be packed
-        self.views: dict[str, int | BadImage] = {}  # one look per file, however many rows use it
+        self.grids: dict[str, tuple[int, int] | BadImage] = {}  # one look per file, however many rows use it
 
     def encode(self, ds: datasets.Dataset, spec: DatasetSpec, rows: list[int], label: str) -> VLMSamples:
         form, spec = detect_form(ds, spec)
@@ -137,7 +140,7 @@ class RowEncoder:
                 counts["images"] += 1
                 continue
             try:
-                views = [self._views(source, name) for source, name in images]
+                grids = [self._grid(source, name) for source, name in images]
             except BadImage as err:
                 if self.cfg.bad_images == "error":
                     raise
@@ -149,11 +152,11 @@ class RowEncoder:
             if status == DROPPED:
                 counts["no_answer"] += 1
                 continue
-            ids, labels = self._expand(ids, labels, views, where)
+            ids, labels = self._expand(ids, labels, grids, where)
             if len(ids) > self.max_length:
                 counts["length"] += 1
                 continue
-            samples.add(ids, labels, images, views)
+            samples.add(ids, labels, images, [1 if r * c == 1 else 1 + r * c for r, c in grids])
         self._report(spec, label, len(rows), len(samples), counts, first_bad)
         return samples
 
@@ -191,25 +194,29 @@ class RowEncoder:
     def _with_image_tokens(self, text: str) -> str:
         return self._strip(text).replace(MARKER, self.image_token)
 
-    def _views(self, source, name: str) -> int:
+    def _grid(self, source, name: str) -> tuple[int, int]:
+        """(rows, cols) of tiles: one view when 1 × 1, else a global view and the tiles."""
         key = name if isinstance(source, bytes) else source
-        if key not in self.views:
+        if key not in self.grids:
             try:
-                self.views[key] = self.processor.num_views(*open_image(source, name).size)
+                self.grids[key] = self.processor.grid(*open_image(source, name).size)
             except BadImage as err:
-                self.views[key] = err
-        found = self.views[key]
+                self.grids[key] = err
+        found = self.grids[key]
         if isinstance(found, BadImage):
             raise found
         return found
 
-    def _expand(self, ids: list[int], labels: list[int], views: list[int], where: str):
-        """One image token per image → views × tokens_per_image, none of them a target."""
+    def _expand(self, ids: list[int], labels: list[int], grids: list[tuple[int, int]], where: str):
+        """One image token per image → views × tokens_per_image (or the layout's ids), none of them a target."""
         ids, labels = np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64)
         at = np.flatnonzero(ids == self.image_token_id)
-        if len(at) != len(views):
-            raise ConfigError(f"{where}: {len(views)} images but {len(at)} image tokens after the chat template; "
+        if len(at) != len(grids):
+            raise ConfigError(f"{where}: {len(grids)} images but {len(at)} image tokens after the chat template; "
                               "the template drops or adds text around the image token")
+        if self.layout is not None:
+            return self.layout.expand(ids, labels, at, grids)
+        views = [1 if r * c == 1 else 1 + r * c for r, c in grids]
         repeats = np.ones(len(ids), dtype=np.int64)
         repeats[at] = np.asarray(views, dtype=np.int64) * self.tokens_per_image
         labels[at] = IGNORE

@@ -29,6 +29,7 @@ from .data import build_vlm_datasets
 from .images import ImageProcessor
 from .model import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
 from .nanovlm import is_nanovlm_folder
+from .nanovlm_inputs import nanovlm_pipeline
 from .vision import load_vision_encoder, read_vision_config
 
 log = logging.getLogger("ember")
@@ -77,6 +78,10 @@ class VLMTask(Task):
                                    image_token_id=self.image_token_id, image_token=IMAGE_TOKEN)
             self.shape.check()
         self.processor = ImageProcessor(self.shape.image_size, cfg.max_img_size)
+        self.layout = None  # plain: a run of image tokens per view
+        nano_inputs = nanovlm_pipeline(cfg, self.shape, self.tokenizer)
+        if nano_inputs:
+            self.processor, self.layout = nano_inputs
 
     def initial_weights(self) -> str | None:
         return self.checkpoint_weights
@@ -99,7 +104,8 @@ class VLMTask(Task):
     def build_data(self):
         log.info("images: %d×%d views, %d tokens each%s", self.shape.image_size, self.shape.image_size,
                  self.shape.tokens_per_image, f", tiles up to {self.cfg.max_img_size}" if self.cfg.max_img_size else "")
-        return build_vlm_datasets(self.cfg, self.tokenizer, self.processor, IMAGE_TOKEN, self.shape.tokens_per_image)
+        return build_vlm_datasets(self.cfg, self.tokenizer, self.processor, self.shape.image_token,
+                                  self.shape.tokens_per_image, self.layout)
 
     # ---- model --------------------------------------------------------------------------
     def build_model(self) -> VisionLanguageModel:
