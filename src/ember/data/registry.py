@@ -25,6 +25,7 @@ class DatasetSpec:
     tags: dict = field(default_factory=dict)
     split: str = "train"
     num_samples: int | None = None
+    ranking: bool = False  # preference pairs (chosen/rejected answers), for stages rm and dpo
 
 
 def read_registry(dataset_dir: str) -> dict:
@@ -76,4 +77,5 @@ def _from_entry(name: str, entry: dict, dataset_dir: str) -> DatasetSpec:
         raise ConfigError(f"dataset '{name}': file not found: {path}")
     return DatasetSpec(name=name, path=path, formatting=entry.get("formatting", "alpaca"),
                        columns=entry.get("columns", {}), tags=entry.get("tags", {}),
-                       split=entry.get("split", "train"), num_samples=entry.get("num_samples"))
+                       split=entry.get("split", "train"), num_samples=entry.get("num_samples"),
+                       ranking=bool(entry.get("ranking", False)))

@@ -49,6 +49,8 @@ class Evaluator:
     def run(self, task, model, device, precision) -> dict[str, float]:
         sums: dict[str, torch.Tensor] = {}
         counts: dict[str, torch.Tensor] = {}
+        metric_sums: dict[str, torch.Tensor] = {}
+        metric_counts: dict[str, torch.Tensor] = {}
         extra: list[dict] = []
         batch, real = None, 0
         iterator = iter(self.loader)
@@ -61,6 +63,9 @@ class Evaluator:
                 for name, loss in task.evaluation_step(model, batch).items():
                     sums[name] = sums.get(name, 0) + real * loss.total.detach().float()
                     counts[name] = counts.get(name, 0) + real * torch.as_tensor(loss.count, device=device).float()
+                    for key, value in loss.metrics.items():  # summed like the loss, over the same items
+                        metric_sums[key] = metric_sums.get(key, 0) + real * value.detach().float()
+                        metric_counts[key] = metric_counts.get(key, 0) + real * torch.as_tensor(loss.count, device=device).float()
                 metrics = task.eval_metrics(self.world.unwrap(model), batch) if real else {}
                 if metrics:
                     extra.append(metrics)
@@ -68,6 +73,8 @@ class Evaluator:
         for name in sums:
             key = "eval_loss" if len(sums) == 1 else f"eval_{name}_loss"
             out[key] = (self.world.sum(sums[name]) / self.world.sum(counts[name]).clamp(min=1)).item()
+        for key in metric_sums:
+            out[f"eval_{key}"] = (self.world.sum(metric_sums[key]) / self.world.sum(metric_counts[key]).clamp(min=1)).item()
         if extra:
             means = {k: sum(e[k] for e in extra) / len(extra) for k in extra[0]}
             out.update(self.world.mean_floats(means))

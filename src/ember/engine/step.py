@@ -101,6 +101,9 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
                                    retain_graph=several and i < len(losses) - 1)
                 sums[name] = sums.get(name, 0) + loss.total.detach().float()
                 counts[name] = counts.get(name, 0) + count
+                for key, value in loss.metrics.items():  # summed like the loss, over the same items
+                    sums[key] = sums.get(key, 0) + value.detach().float()
+                    counts[key] = counts.get(key, 0) + count
     grad_norms = {}
     max_norm = trainer.cfg.max_grad_norm or math.inf
     for name, opt in optimizers.items():

@@ -8,7 +8,7 @@ distribution, evaluation, checkpoints and logs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -25,6 +25,10 @@ class Loss:
     """
     total: torch.Tensor
     count: torch.Tensor | int
+    #: extra numbers to log (reward accuracy, a KL estimate), each *summed* over the same items
+    #: as `total`: the engine divides each by the same count over the window and the ranks, so
+    #: they are as exact as the loss; logged under their own names (eval_<name> in evaluation)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class Task:

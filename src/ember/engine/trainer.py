@@ -198,7 +198,8 @@ class Trainer:
         record = {"step": self.state["step"], "epoch": round(self.stream.epoch, 4),
                   "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
                   "tokens_per_sec": count / elapsed, "tokens_seen": self.state["tokens_seen"],
-                  **{f"loss_{name}": value for name, (value, _) in losses.items()},
+                  # other optimizers' losses as loss_<name>; a task's extra metrics under their own names
+                  **{f"loss_{name}" if name in self.optimizers else name: value for name, (value, _) in losses.items()},
                   "data_wait": window.wait / elapsed}  # share of the time spent waiting for batches
         if self.peak_flops is not None:
             flops = float(world.sum(torch.as_tensor(window.flops, dtype=torch.float64, device=self.device)))

@@ -81,7 +81,9 @@ def apply_lora(model: nn.Module, cfg) -> nn.Module:
         if unknown:
             raise ConfigError(f"lora_target: no module named {', '.join(unknown)} "
                               f"(linear layers: {', '.join(sorted(linear_names(model)))}; or use all)")
-    config = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
+    # a reward model (sequence classification): peft then trains and saves its new score head too
+    task_type = "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+    config = LoraConfig(task_type=task_type, r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_rank,
                         lora_dropout=cfg.lora_dropout, target_modules=targets, use_dora=cfg.use_dora,
                         use_rslora=cfg.use_rslora, modules_to_save=_names(cfg.additional_target) or None)
     return get_peft_model(model, config)

@@ -21,7 +21,7 @@ class Family:
 
 
 FAMILIES = {
-    "causal_lm": Family("ember.tasks.causal_lm.task:CausalLMTask"),
+    "causal_lm": Family("ember.tasks.causal_lm.task:CausalLMTask", keys="ember.tasks.causal_lm.keys:PreferenceGroup"),
     "video_vae": Family("ember.tasks.video_vae.task:VideoVAETask", keys="ember.tasks.video_vae.keys:VideoGroup"),
     "vlm": Family("ember.tasks.vlm.task:VLMTask", keys="ember.tasks.vlm.keys:VLMGroup"),
 }

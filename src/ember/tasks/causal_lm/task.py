@@ -1,4 +1,5 @@
-"""Causal language modelling: stage pt (raw text) and sft (conversations); full, freeze, LoRA, QLoRA."""
+"""Causal language modelling: stage pt (raw text), sft (conversations), rm and dpo/orpo/simpo (answer
+pairs: reward.py, preference.py); full, freeze, LoRA, QLoRA."""
 from __future__ import annotations
 
 import datasets
@@ -7,6 +8,7 @@ import torch
 from ...config.errors import ConfigError
 from ...data.labels import IGNORE
 from ...data.packing import build_sft_dataset, collate_sft
+from ...data.preference import build_pair_dataset, collate_pairs
 from ...data.pretrain import build_blocks, collate_blocks
 from ...data.readers import read_dataset, text_column
 from ...data.registry import resolve_datasets
@@ -17,6 +19,8 @@ from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning
 from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ...models.lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
+from .preference import PreferenceObjective
+from .reward import RewardObjective, load_reward_model
 
 # model types whose causal-LM head is exactly `lm_head(last_hidden_state)` (no logit scaling
 # or soft-capping), so the loss may be taken from the hidden states directly
@@ -34,8 +38,11 @@ class CausalLMTask(Task):
                               "(make one with `ember tokenizer`)")
         key = "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path"
         self.tokenizer = load_tokenizer(source, key, cfg.trust_remote_code)
-        if cfg.stage == "sft":
+        if cfg.stage != "pt":
             ensure_chat_template(self.tokenizer, cfg.template)
+        # the stages on answer pairs: their loss (and reference model), else None
+        self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else
+                      PreferenceObjective(cfg) if cfg.stage in ("dpo", "orpo", "simpo") else None)
 
     # ---- data ---------------------------------------------------------------------------
     def _read(self, names: str) -> list:
@@ -47,6 +54,8 @@ class CausalLMTask(Task):
             texts = [text_column(ds, spec) for spec, ds in parts]
             joined = datasets.concatenate_datasets(texts) if len(texts) > 1 else texts[0]
             return build_blocks(joined, self.tokenizer, cfg, label)
+        if self.pairs is not None:
+            return build_pair_dataset(parts, self.tokenizer, cfg, label)
         encoded = [encode_sft(ds, spec, self.tokenizer, cfg) for spec, ds in parts]
         joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
         return build_sft_dataset(joined, cfg.cutoff_len, cfg.packing, label)
@@ -72,12 +81,16 @@ class CausalLMTask(Task):
         pad = self.tokenizer.pad_token_id
         if cfg.stage == "pt":
             return train, val, collate_blocks(pad)
+        if self.pairs is not None:
+            return train, val, collate_pairs(pad)
         return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
 
     # ---- model --------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
         cfg = self.cfg
-        if cfg.finetuning_type == "qlora":
+        if cfg.stage == "rm":
+            model = load_reward_model(cfg, self.tokenizer)
+        elif cfg.finetuning_type == "qlora":
             from ...models.quantized import load_quantized_causal_lm
             model = load_quantized_causal_lm(cfg)
         elif cfg.model_name_or_path:
@@ -90,12 +103,17 @@ class CausalLMTask(Task):
             # packed rows: attention per sample (the sum of len² over samples), not over whole rows
             from ...models.packed_attention import NAME
             model.set_attn_implementation(NAME)
+        if self.pairs is not None:
+            self.pairs.before_finetuning(model)  # a frozen reference copy, where one is needed
+            return self.pairs.after_finetuning(apply_finetuning(model, cfg))
         return apply_finetuning(model, cfg)
 
     def param_groups(self, model):
         return default_param_groups(model, self.cfg)
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
+        if self.pairs is not None:
+            return {"model": self.pairs.step(model, batch)}
         labels = next_token_labels(batch["labels"])
         # use_cache=False: no KV cache is needed in training, and only then does transformers'
         # mask isolate packed samples by their position_ids (on CPU ember_packed splits them itself)

@@ -1,0 +1,43 @@
+"""Regenerate the demo preference sets from CPython's help topics (no download).
+
+Each prompt asks about one help topic; the chosen answer is that topic's first sentence, the
+rejected one the first sentence of another topic (fluent, but about the wrong thing), so a
+model can learn the preference only by relating the answer to the question.
+
+pref_alpaca.json: alpaca rows (instruction, input, chosen, rejected).
+pref_sharegpt.json: sharegpt rows (conversations ending with the user's turn, chosen, rejected).
+"""
+import json
+import random
+import re
+from pathlib import Path
+
+from pydoc_data.topics import topics
+
+here = Path(__file__).parent
+rng = random.Random(0)
+facts = []
+for name in sorted(topics):
+    blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", topics[name].strip())]
+    prose = [b for b in blocks if not re.search(r"[*=~-]{4}", b) and len(b) >= 30]  # skip title underlines
+    if prose:
+        sentence = re.split(r"(?<=[.:])\s", prose[0])[0]
+        if 30 <= len(sentence) <= 240:
+            facts.append((name, sentence))
+
+
+def rival(index: int) -> str:
+    other = (index + rng.randrange(1, len(facts))) % len(facts)
+    return facts[other][1]
+
+
+alpaca = [{"instruction": "What does the Python help topic say about this?", "input": name,
+           "chosen": sentence, "rejected": rival(i)} for i, (name, sentence) in enumerate(facts)]
+sharegpt = [{"conversations": [{"from": "human", "value": f"Tell me about '{name}' in Python."}],
+             "chosen": {"from": "gpt", "value": sentence}, "rejected": {"from": "gpt", "value": rival(i)}}
+            for i, (name, sentence) in enumerate(facts)]
+rng.shuffle(alpaca)
+rng.shuffle(sharegpt)
+(here / "pref_alpaca.json").write_text(json.dumps(alpaca, indent=1) + "\n")
+(here / "pref_sharegpt.json").write_text(json.dumps(sharegpt, indent=1) + "\n")
+print(len(alpaca), len(sharegpt))

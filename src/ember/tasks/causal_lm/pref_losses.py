@@ -1,0 +1,67 @@
+"""Per-pair preference losses on sequence log-probabilities, as LLaMA-Factory computes them.
+
+Every function takes [pairs] tensors and returns (losses, chosen_rewards, rejected_rewards),
+each [pairs]; the caller sums the losses (the engine normalises by the number of pairs).
+The formulas are TRL's (LLaMA-Factory calls TRL's dpo_loss and writes ORPO and SimPO itself);
+tests/tasks/test_pref_losses.py checks each against TRL on the same log-probabilities.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+REFERENCE_FREE = ("orpo", "simpo")  # no reference model: these compare the policy with itself
+LENGTH_NORMALISED = ("ipo", "orpo", "simpo")  # log-probs averaged over answer tokens, not summed
+
+
+def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+               beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0):
+    """DPO (sigmoid; with label_smoothing, conservative DPO), hinge (SLiC) or IPO."""
+    logits = (chosen - rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
+                  - F.logsigmoid(-beta * logits) * label_smoothing)
+    elif loss_type == "hinge":
+        losses = torch.relu(1 - beta * logits)
+    elif loss_type == "ipo":  # the log-probs are per-token averages here (LENGTH_NORMALISED)
+        losses = (logits - 1 / (2 * beta)) ** 2
+    else:
+        raise ValueError(f"unknown DPO loss {loss_type}")
+    return losses, beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
+
+
+def orpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, beta: float):
+    """ORPO on per-token average log-probs: the chosen answer's NLL plus beta times the odds-ratio
+    term. log(1 - p) is taken as log1p(-exp(logp)) as LLaMA-Factory does."""
+    log_odds = (chosen - rejected) - (torch.log1p(-torch.exp(chosen)) - torch.log1p(-torch.exp(rejected)))
+    losses = -chosen - beta * F.logsigmoid(log_odds)
+    return losses, beta * chosen.detach(), beta * rejected.detach()
+
+
+def simpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, beta: float, gamma: float):
+    """SimPO on per-token average log-probs: a margin gamma between the scaled averages."""
+    logits = (chosen - rejected) - gamma / beta
+    return -F.logsigmoid(beta * logits), beta * chosen.detach(), beta * rejected.detach()
+
+
+def pairwise_reward_losses(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor):
+    """The reward model's Bradley-Terry loss: -log sigmoid(r_chosen - r_rejected)."""
+    losses = -F.logsigmoid(chosen_scores - rejected_scores)
+    return losses, chosen_scores.detach(), rejected_scores.detach()
+
+
+def preference_losses(loss_type: str, chosen, rejected, ref_chosen, ref_rejected, cfg):
+    """The loss cfg names (pref_loss), on [pairs] log-probs; references are None when reference-free."""
+    if loss_type == "orpo":
+        return orpo_losses(chosen, rejected, cfg.pref_beta)
+    if loss_type == "simpo":
+        return simpo_losses(chosen, rejected, cfg.pref_beta, cfg.simpo_gamma)
+    return dpo_losses(chosen, rejected, ref_chosen, ref_rejected, cfg.pref_beta, loss_type, cfg.dpo_label_smoothing)
+
+
+def pair_metrics(chosen_rewards, rejected_rewards, chosen_logps, rejected_logps) -> dict[str, torch.Tensor]:
+    """TRL's and LLaMA-Factory's logged names, each summed over the pairs (the engine divides)."""
+    return {"rewards/chosen": chosen_rewards.sum(), "rewards/rejected": rejected_rewards.sum(),
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float().sum(),
+            "rewards/margins": (chosen_rewards - rejected_rewards).sum(),
+            "logps/chosen": chosen_logps.detach().sum(), "logps/rejected": rejected_logps.detach().sum()}

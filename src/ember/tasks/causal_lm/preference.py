@@ -1,0 +1,110 @@
+"""Stages dpo, orpo and simpo: the policy against a reference (or against itself) on answer pairs.
+
+A batch holds the chosen rows, then the rejected rows (data/preference.py: collate_pairs), so
+both answers of every pair go through one forward. Sequence log-probabilities are summed over
+the answer tokens exactly (fp32 log-softmax); the loss is returned summed over pairs with the
+number of pairs as its count, so the engine's normalisation over micro-batches and ranks makes
+accumulation and data parallelism exact.
+
+The reference: with LoRA/QLoRA the policy itself with its adapters disabled (peft's
+disable_adapter(): no second copy of the weights); with full or freeze training a frozen copy
+of the starting model, or `ref_model` from a folder. It lives outside the trained model, so it
+is in no checkpoint, optimizer or export, and it is rebuilt identically on resume.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+from ...data.labels import IGNORE
+from ...engine.task import Loss
+from ...models.hf import load_causal_lm
+from ...models.lm_loss import next_token_labels
+from .pref_losses import LENGTH_NORMALISED, REFERENCE_FREE, pair_metrics, preference_losses
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed log-probability of the labelled tokens (fp32) and how many there are."""
+    targets = next_token_labels(labels)
+    mask = targets != IGNORE
+    logits = logits.float()
+    picked = logits.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps = (picked - torch.logsumexp(logits, dim=-1)) * mask
+    return logps.sum(-1), mask.sum(-1)
+
+
+def _model_inputs(batch: dict) -> dict:
+    # use_cache=False: no KV cache in training (and the mask then follows attention_mask exactly)
+    return dict(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), use_cache=False)
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside DDP (the reference forward needs no gradient hooks); FSDP2 has no wrapper."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+class PreferenceObjective:
+    """The dpo stage's loss (pref_loss: sigmoid, hinge, ipo, orpo, simpo); stage orpo or simpo
+    is stage dpo with that pref_loss."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.loss_type = cfg.stage if cfg.stage in REFERENCE_FREE else cfg.pref_loss
+        self.reference: nn.Module | None = None
+        self._placed = False
+
+    @property
+    def uses_reference(self) -> bool:
+        return self.loss_type not in REFERENCE_FREE
+
+    def before_finetuning(self, model: nn.Module) -> None:
+        """Keep a frozen reference where disabling adapters cannot give one."""
+        cfg = self.cfg
+        if not self.uses_reference:
+            return
+        if cfg.ref_model:
+            self.reference = load_causal_lm(cfg.ref_model, cfg.trust_remote_code)
+        elif cfg.finetuning_type in ("full", "freeze"):
+            self.reference = copy.deepcopy(model)
+        if self.reference is not None:
+            self.reference.eval().requires_grad_(False)
+
+    def after_finetuning(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def _reference_model(self, policy: nn.Module) -> nn.Module:
+        if not self._placed:  # on the policy's device and in its dtype (pure_bf16), once
+            param = next(p for p in policy.parameters() if p.is_floating_point())
+            self.reference.to(device=param.device, dtype=param.dtype)
+            self._placed = True
+        return self.reference
+
+    def _reference_logps(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        policy = _unwrapped(model)
+        if self.reference is not None:
+            ref, context = self._reference_model(policy), contextlib.nullcontext()
+        else:  # LoRA: the same weights with the adapters off are the starting model
+            ref, context = policy, policy.disable_adapter()
+        with torch.no_grad(), context:
+            logps, lengths = sequence_logps(ref(**_model_inputs(batch)).logits, batch["labels"])
+        return logps / lengths.clamp(min=1) if self.loss_type in LENGTH_NORMALISED else logps
+
+    def step(self, model: nn.Module, batch: dict) -> Loss:
+        logps, lengths = sequence_logps(model(**_model_inputs(batch)).logits, batch["labels"])
+        average = logps / lengths.clamp(min=1)
+        scored = average if self.loss_type in LENGTH_NORMALISED else logps
+        pairs = scored.size(0) // 2
+        chosen, rejected = scored[:pairs], scored[pairs:]
+        ref_chosen = ref_rejected = None
+        if self.uses_reference:
+            ref = self._reference_logps(model, batch)
+            ref_chosen, ref_rejected = ref[:pairs], ref[pairs:]
+        losses, chosen_rewards, rejected_rewards = preference_losses(
+            self.loss_type, chosen, rejected, ref_chosen, ref_rejected, self.cfg)
+        if self.cfg.pref_ftx > 0:  # LLaMA-Factory's SFT term: the chosen answer's mean token NLL
+            losses = losses - self.cfg.pref_ftx * average[:pairs]
+        metrics = pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
+        return Loss(losses.sum(), pairs, metrics)

@@ -1,0 +1,127 @@
+"""Preference pairs (ranking datasets): LLaMA-Factory's alpaca and sharegpt forms, its truncation."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ember.config.errors import ConfigError
+from ember.data.labels import IGNORE
+from ember.data.preference import (build_pair_dataset, collate_pairs, encode_pair, infer_seqlen)
+from ember.data.readers import read_dataset
+from ember.data.registry import resolve_datasets
+from ember.data.templates import ensure_chat_template
+from ember.models.hf import load_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+DEMO = REPO / "examples" / "data"
+LF = Path("/work/shared/fixtures/llamafactory/lf_encodings.json")
+if not LF.exists():
+    LF = REPO.parent / "shared" / "fixtures" / "llamafactory" / "lf_encodings.json"
+
+
+@pytest.fixture
+def tokenizer(tiny_model_dir):
+    tok = load_tokenizer(str(tiny_model_dir), "model_name_or_path")
+    ensure_chat_template(tok, "default")
+    return tok
+
+
+@pytest.fixture
+def pair_config(make_config, tiny_model_dir):
+    def make(**overrides):
+        base = dict(model_config=None, model_name_or_path=str(tiny_model_dir), stage="dpo", template="default",
+                    dataset="pydoc_pref_alpaca", dataset_dir=str(DEMO), cutoff_len=1024)
+        base.update(overrides)
+        return make_config(**base)
+    return make
+
+
+def pairs(cfg, tokenizer, names=None):
+    specs = resolve_datasets(names or cfg.dataset, cfg.dataset_dir)
+    return build_pair_dataset([(s, read_dataset(s, cfg.max_samples)) for s in specs], tokenizer, cfg, "train")
+
+
+def answer_text(tok, ids, labels) -> str:
+    return tok.decode([i for i, label in zip(ids, labels) if label != IGNORE])
+
+
+@pytest.mark.skipif(not LF.exists(), reason="LLaMA-Factory fixtures not present")
+def test_infer_seqlen_matches_llamafactory_table():
+    table = json.loads(LF.read_text())["infer_seqlen_table"]
+    assert table
+    for row in table:
+        assert infer_seqlen(row["source_len"], row["target_len"], row["cutoff_len"]) == \
+            (row["new_source_len"], row["new_target_len"]), row
+
+
+def test_alpaca_pair_shares_the_prompt_and_labels_only_the_answers(pair_config, tokenizer):
+    cfg = pair_config()
+    data = pairs(cfg, tokenizer)
+    row = json.loads((DEMO / "pref_alpaca.json").read_text())[0]
+    item = data[0]
+    chosen_prompt = [i for i, label in zip(item["chosen_input_ids"], item["chosen_labels"]) if label == IGNORE]
+    rejected_prompt = [i for i, label in zip(item["rejected_input_ids"], item["rejected_labels"]) if label == IGNORE]
+    assert chosen_prompt == rejected_prompt
+    assert row["input"] in tokenizer.decode(chosen_prompt)
+    assert answer_text(tokenizer, item["chosen_input_ids"], item["chosen_labels"]).strip() == \
+        row["chosen"] + tokenizer.eos_token
+    assert answer_text(tokenizer, item["rejected_input_ids"], item["rejected_labels"]).strip() == \
+        row["rejected"] + tokenizer.eos_token
+    # the whole chosen sequence is exactly what SFT would train on for the same conversation
+    from ember.data.sft import encode_conversation
+    messages = [{"role": "user", "content": f"{row['instruction']}\n{row['input']}"},
+                {"role": "assistant", "content": row["chosen"]}]
+    ids, labels, _ = encode_conversation(messages, tokenizer, 1024)
+    assert (ids, labels) == (item["chosen_input_ids"], item["chosen_labels"])
+
+
+def test_sharegpt_pairs_encode_like_the_same_alpaca_pairs(tmp_path, pair_config, tokenizer):
+    rows = [{"instruction": "What is 'if'?", "input": "", "chosen": "A statement.", "rejected": "A fish."},
+            {"instruction": "And 'for'?", "input": "", "chosen": "A loop.", "rejected": "A colour."}]
+    share = [{"conversations": [{"from": "human", "value": r["instruction"]}],
+              "chosen": {"from": "gpt", "value": r["chosen"]}, "rejected": {"from": "gpt", "value": r["rejected"]}}
+             for r in rows]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "s.json").write_text(json.dumps(share))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({
+        "a": {"file_name": "a.json", "ranking": True},
+        "s": {"file_name": "s.json", "formatting": "sharegpt", "ranking": True,
+              "columns": {"messages": "conversations", "chosen": "chosen", "rejected": "rejected"}}}))
+    cfg = pair_config(dataset_dir=str(tmp_path), dataset="a")
+    a, s = pairs(cfg, tokenizer, "a"), pairs(cfg, tokenizer, "s")
+    assert [a[i] for i in range(2)] == [s[i] for i in range(2)]
+
+
+def test_truncation_keeps_one_prompt_and_cuts_both_answers_alike():
+    out = encode_pair(list(range(100)), list(range(200, 260)), list(range(300, 330)), cutoff_len=64)
+    prompt_c = [t for t, label in zip(out["chosen_input_ids"], out["chosen_labels"]) if label == IGNORE]
+    prompt_r = [t for t, label in zip(out["rejected_input_ids"], out["rejected_labels"]) if label == IGNORE]
+    source, target = infer_seqlen(100, 60, 64)
+    assert prompt_c == prompt_r == list(range(source))
+    assert out["chosen_labels"][source:] == list(range(200, 200 + target))
+    assert out["rejected_labels"][source:] == list(range(300, 300 + min(target, 30)))
+
+
+def test_collate_puts_every_chosen_row_before_every_rejected_row(pair_config, tokenizer):
+    data = pairs(pair_config(), tokenizer)
+    batch = collate_pairs(tokenizer.pad_token_id)([data[0], data[1]])
+    assert batch["input_ids"].shape[0] == 4
+    for row, (index, side) in enumerate([(0, "chosen"), (1, "chosen"), (0, "rejected"), (1, "rejected")]):
+        ids = data[index][f"{side}_input_ids"]
+        assert batch["input_ids"][row, :len(ids)].tolist() == ids
+        assert int(batch["attention_mask"][row].sum()) == len(ids)
+
+
+def test_a_dataset_without_ranking_is_refused_for_pair_stages(pair_config, tokenizer):
+    cfg = pair_config(dataset="pydoc_alpaca")
+    with pytest.raises(ConfigError, match="ranking"):
+        pairs(cfg, tokenizer)
+
+
+def test_missing_answer_column_names_it(tmp_path, pair_config, tokenizer):
+    (tmp_path / "a.json").write_text(json.dumps([{"instruction": "q", "chosen": "x", "worse": "y"}]))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.json", "ranking": True}}))
+    with pytest.raises(ConfigError, match="'rejected'"):
+        pairs(pair_config(dataset_dir=str(tmp_path), dataset="a"), tokenizer)
