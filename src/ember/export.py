@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +21,8 @@ class ExportConfig(BaseModel):
     quantization_bit: int | None = Field(None, description="must be unset: adapters cannot be merged into a quantized base")
     trust_remote_code: bool = False
     template: str | None = None  # accepted from LLaMA-Factory export YAMLs; the adapter's tokenizer already has it
+    export_format: Literal["hf", "nanovlm"] = Field("hf", description="hf: an HF model folder; nanovlm: a VLM "
+                                                    "folder (ember's or nanoVLM's) rewritten as nanoVLM's save_pretrained")
 
 
 def parse_export_config(raw: dict) -> ExportConfig:
@@ -36,6 +39,8 @@ def parse_export_config(raw: dict) -> ExportConfig:
 def export_merged(cfg: ExportConfig) -> Path:
     from .models.hf import load_causal_lm, load_tokenizer, read_json_object
 
+    if cfg.export_format == "nanovlm":
+        return _export_nanovlm(cfg)
     if cfg.quantization_bit is not None:
         raise ConfigError("cannot merge an adapter into a quantized base; export from the full-precision base "
                           "model (drop quantization_bit)")
@@ -58,3 +63,14 @@ def export_merged(cfg: ExportConfig) -> Path:
     base.save_pretrained(out, max_shard_size=f"{int(cfg.export_size * 1024)}MB")
     load_tokenizer(tokenizer_source, "model_name_or_path").save_pretrained(out)
     return out
+
+
+def _export_nanovlm(cfg: ExportConfig) -> Path:
+    """A VLM folder whose model came from nanoVLM, written back in nanoVLM's form (weights as they are:
+    ember's VLM folders hold LoRA runs already merged)."""
+    from .tasks.vlm.model import VisionLanguageModel
+    from .tasks.vlm.nanovlm_export import save_nanovlm
+    if cfg.adapter_name_or_path:
+        raise ConfigError("export_format nanovlm takes a VLM folder as model_name_or_path and no adapter "
+                          "(a VLM run's output folder has its LoRA merged already)")
+    return save_nanovlm(VisionLanguageModel.from_pretrained(cfg.model_name_or_path), cfg.export_dir)

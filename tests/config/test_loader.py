@@ -151,6 +151,9 @@ ALIAS_CASES = {
     "neat_packing": (True, {"packing": True}, {"stage": "sft"}),
     "log_wandb": (True, {"report_to": "wandb"}, {}),
     "train_dataset_path": ("tiny_text", {"dataset": "tiny_text"}, {}),  # see the test below
+    "max_training_steps": (7, {"max_steps": 7}, {}),
+    "eval_interval": (3, {"eval_steps": 3}, {"val_size": 0.1}),
+    "stats_log_interval": (2, {"logging_steps": 2}, {}),
 }
 
 

@@ -56,3 +56,11 @@ def test_a_nanovlm_checkpoint_needs_a_tokenizer_folder(tmp_path):
                                    "output_dir": str(tmp_path / "run")})
     with pytest.raises(ConfigError, match="holds no tokenizer"):
         build_task(cfg)
+
+
+def test_nanovlms_train_keys_are_accepted(tmp_path):
+    from ember.config.loader import load_config
+    cfg = load_config(["--task", "vlm", "--vision_config", "siglip-tiny", "--model_config", "llama-tiny",
+                       "--dataset", "x", "--max_training_steps", "7", "--eval_interval", "3",
+                       "--stats_log_interval", "2", "--output_dir", str(tmp_path / "run")])
+    assert (cfg.max_steps, cfg.eval_steps, cfg.logging_steps) == (7, 3, 2)

@@ -54,6 +54,10 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
     "clip_grad": _clip_grad,
     "log_wandb": _log_wandb,
     "train_dataset_path": _rename("dataset"),
+    # nanoVLM's train.py spellings
+    "max_training_steps": _rename("max_steps"),
+    "eval_interval": _rename("eval_steps"),
+    "stats_log_interval": _rename("logging_steps"),
     "neat_packing": lambda value: {"packing": value},  # ember's packing is always neat (isolated)
 }
 

@@ -30,6 +30,7 @@ class VLMGroup(Group):
     bad_images: Literal["error", "skip"] = Field("error", description="a missing or undecodable image: stop naming the file (error) or drop its sample and count it (skip)")
     image_token_layout: Literal["plain", "nanovlm"] | None = Field(None, description="how an image is written into the tokens: plain (a run of image tokens per view, pixels in [-1, 1]) or nanovlm (nanoVLM's global-image and row/column tokens, its tiling, pixels in [0, 1]); default: nanovlm for a model from a nanoVLM checkpoint, else plain")
     resize_to_max_side_len: bool | None = Field(None, description="image_token_layout nanovlm: resize every image so its long side is max_img_size (default: the nanoVLM checkpoint's setting)")
+    export_format: Literal["ember", "nanovlm"] = Field("ember", description="nanovlm: the run's final model is also written as nanoVLM's save_pretrained folder, in <output_dir>/nanovlm (for a model from a nanoVLM checkpoint)")
     resume_from_vlm_checkpoint: bool = Field(False, description="start from the VLM saved at vlm_checkpoint_path (weights only, fresh optimizer, as nanoVLM)")
     vlm_checkpoint_path: str | None = Field(None, description="with resume_from_vlm_checkpoint: the VLM folder to start from; otherwise the root under which output_dir defaults to <vlm_checkpoint_path>/<run_name>")
 

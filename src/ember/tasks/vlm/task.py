@@ -29,6 +29,7 @@ from .data import build_vlm_datasets
 from .images import ImageProcessor
 from .model import CONFIG_FILE, VisionLanguageModel, VLMConfig, build_vlm
 from .nanovlm import is_nanovlm_folder
+from .nanovlm_export import save_nanovlm
 from .nanovlm_inputs import nanovlm_pipeline
 from .vision import load_vision_encoder, read_vision_config
 
@@ -79,6 +80,8 @@ class VLMTask(Task):
             self.shape.check()
         self.processor = ImageProcessor(self.shape.image_size, cfg.max_img_size)
         self.layout = None  # plain: a run of image tokens per view
+        if cfg.export_format == "nanovlm" and self.shape.nanovlm is None:  # refused now, not after training
+            raise ConfigError("export_format nanovlm needs a model that came from a nanoVLM checkpoint")
         nano_inputs = nanovlm_pipeline(cfg, self.shape, self.tokenizer)
         if nano_inputs:
             self.processor, self.layout = nano_inputs
@@ -183,5 +186,7 @@ class VLMTask(Task):
             model, state_dict = merged, None  # (LoRA runs are never sharded: see build_model)
         model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
+        if self.cfg.export_format == "nanovlm":  # beside ember's files: both name their weights model.safetensors
+            save_nanovlm(model, Path(path) / "nanovlm", state_dict)
         settings = {"image_size": self.shape.image_size, "max_img_size": self.cfg.max_img_size}
         (Path(path) / PROCESSOR_FILE).write_text(json.dumps(settings, indent=2) + "\n")
