@@ -26,6 +26,8 @@ RECIPES = {
     "sft_qlora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
     "sft_full.yaml": (["eval_steps=2", "save_steps=2"], "model"),
     "sft_freeze.yaml": ([], "model"),
+    "dpo_lora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
+    "rm_lora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
 }
 
 

@@ -52,8 +52,9 @@ def test_lora_dpo_keeps_no_second_model(pref_config):
 
 
 def test_dpo_loss_falls_and_the_preference_is_learned(pref_config):
-    cfg = pref_config(finetuning_type="lora", max_steps=12, learning_rate=5e-3, lora_rank=4)
+    cfg = pref_config(finetuning_type="lora", max_steps=12, learning_rate=5e-3, lora_rank=4, plot_loss=True)
     fit(cfg)
+    assert (Path(cfg.output_dir) / "training_rewards_accuracies.png").is_file()
     records = read_metrics(cfg.output_dir)
     assert records[-1]["loss"] < records[0]["loss"]
     assert records[-1]["rewards/margins"] > 0
@@ -147,3 +148,21 @@ def test_unavailable_keys_are_refused_with_one_line(pref_config):
         with pytest.raises(ConfigError, match=key) as err:
             pref_config(**{key: value})
         assert "\n" not in str(err.value)
+
+
+def test_ref_model_from_a_folder_is_the_reference(pref_config, tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+    other = tmp_path / "other_ref"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(other)
+    same = pref_config(finetuning_type="full", ref_model=str(tiny_model_dir), max_steps=1,
+                       output_dir=str(tmp_path / "same"))
+    fit(same)
+    assert abs(read_metrics(same.output_dir)[0]["loss"] - math.log(2)) <= 1e-6
+    moved = pref_config(finetuning_type="lora", ref_model=str(other), max_steps=1, output_dir=str(tmp_path / "moved"))
+    trainer = fit(moved)
+    assert trainer.task.pairs.reference is not None
+    assert abs(read_metrics(moved.output_dir)[0]["loss"] - math.log(2)) > 1e-3

@@ -13,7 +13,9 @@ def plot_losses(output_dir: str) -> list[Path]:
     root = Path(output_dir)
     records = [json.loads(line) for line in (root / "metrics.jsonl").read_text().splitlines() if line.strip()]
     written = []
-    for key, name in (("loss", "training_loss.png"), ("eval_loss", "training_eval_loss.png")):
+    # the reward accuracy, when a task logs one (preference stages), as LLaMA-Factory plots it
+    for key, name in (("loss", "training_loss.png"), ("eval_loss", "training_eval_loss.png"),
+                      ("rewards/accuracies", "training_rewards_accuracies.png")):
         points = [(r["step"], r[key]) for r in records if key in r]
         if not points:
             continue
