@@ -148,6 +148,7 @@ ALIAS_CASES = {
     "betas": ([0.8, 0.95], {"adam_beta1": 0.8, "adam_beta2": 0.95}, {}),
     "precision": ("bf16", {"bf16": True, "fp16": False, "pure_bf16": False}, {}),
     "clip_grad": (False, {"max_grad_norm": 0.0}, {}),
+    "disable_gradient_checkpointing": (False, {"gradient_checkpointing": True}, {}),
     "neat_packing": (True, {"packing": True}, {"stage": "sft"}),
     "log_wandb": (True, {"report_to": "wandb"}, {}),
     "train_dataset_path": ("tiny_text", {"dataset": "tiny_text"}, {}),  # see the test below

@@ -42,6 +42,12 @@ def _clip_grad(value: Any) -> dict:
     return {"max_grad_norm": 1.0 if as_bool("clip_grad", value) else 0.0}
 
 
+def _disable_checkpointing(value: Any) -> dict:
+    from .parse import as_bool
+    # LLaMA-Factory's spelling, inverted: its default (false) means checkpointing on
+    return {"gradient_checkpointing": not as_bool("disable_gradient_checkpointing", value)}
+
+
 ALIASES: dict[str, Callable[[Any], dict]] = {
     "evaluation_strategy": _rename("eval_strategy"),
     "exp_name": _rename("run_name"),
@@ -52,6 +58,7 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
     "betas": _betas,
     "precision": _precision,
     "clip_grad": _clip_grad,
+    "disable_gradient_checkpointing": _disable_checkpointing,
     "log_wandb": _log_wandb,
     "train_dataset_path": _rename("dataset"),
     # nanoVLM's train.py spellings

@@ -10,6 +10,7 @@ import torch
 from ..config.errors import ConfigError
 from .checkpoint.weights import load_weights, read_weights
 from .optim import build_optimizer, default_param_groups
+from .recompute import checkpoint_blocks
 from .runtime import compile_model
 
 log = logging.getLogger("ember")
@@ -26,6 +27,8 @@ def build_model(task, cfg, device: torch.device, precision, world) -> tuple[torc
         model.to(device)
     if precision.param_dtype is not None:
         model.to(precision.param_dtype)
+    if cfg.gradient_checkpointing:  # before compile, so each compiled block traces its checkpoint
+        checkpoint_blocks(task.recomputed_blocks(model), cfg.gradient_checkpointing_every)
     if cfg.compile:
         compile_model(model)
     wrapped = world.wrap(model, device, precision, cfg.fsdp_cpu_offload, find_unused=task.forward_may_skip_parameters,

@@ -89,6 +89,19 @@ class Task:
         """Called after every optimizer step with the unwrapped model (an EMA update). State kept
         across steps belongs in the model as buffers, so checkpoints carry it."""
 
+    def recomputed_blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The repeated blocks whose activations gradient_checkpointing recomputes in backward, in
+        forward order. By default the transformer blocks (HF's _no_split_modules, else the items
+        of ModuleLists) of each kind that occurs more than once: a VLM's decoder and vision
+        encoder layers, not its one patch embedding. A family whose blocks are found otherwise
+        (a VAE's) overrides this."""
+        from collections import Counter
+
+        from .sharding import transformer_blocks
+        blocks = transformer_blocks(model)
+        kinds = Counter(type(block) for block in blocks)
+        return [block for block in blocks if kinds[type(block)] > 1]
+
     def flops(self, model: nn.Module, batch: Any) -> torch.Tensor | int:
         """The training FLOPs of one micro-batch (a tensor or int, no host sync); set counts_flops."""
         return 0

@@ -199,6 +199,12 @@ class Decoder(nn.Module):
         return self.conv_out(torch.nn.functional.silu(self.norm_out(h))) + self.linear_out(h)
 
 
+def repeated_blocks(vae: "CausalVAE") -> list[nn.Module]:
+    """The residual and attention blocks of the encoder and decoder, in forward order: where a
+    VAE's activations are (full-resolution feature maps), and what gradient_checkpointing recomputes."""
+    return [m for part in (vae.encoder, vae.decoder) for m in part.modules() if isinstance(m, (ResBlock3D, FrameAttention))]
+
+
 class CausalVAE(nn.Module):
     def __init__(self, cfg: CausalVAEConfig):
         super().__init__()

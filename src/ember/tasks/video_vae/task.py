@@ -30,7 +30,7 @@ from .losses import (
     reconstruction_sum,
     ssim,
 )
-from .model import CausalVAE, CausalVAEConfig, clip_noise
+from .model import CausalVAE, CausalVAEConfig, clip_noise, repeated_blocks
 from .recon import write_reconstructions
 
 log = logging.getLogger("ember")
@@ -119,6 +119,10 @@ class VideoVAETask(Task):
                  if name != "ema" and part is not None}
         log.info("causal VAE %s: %s parameters", cfg.model_config_, ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
         return model
+
+    def recomputed_blocks(self, model: VideoVAEModel) -> list[nn.Module]:
+        """The VAE's residual and attention blocks (not the small discriminator's layers)."""
+        return repeated_blocks(model.vae)
 
     def param_groups(self, model: VideoVAEModel) -> dict:
         groups = {"vae": decay_split(model.vae.named_parameters(), self.cfg.weight_decay)}
