@@ -101,6 +101,17 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked cuda are skipped without a GPU (bench/gpu_check.sh runs them on one)."""
+    import torch
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run bench/gpu_check.sh on one)")
+    for item in items:
+        if item.get_closest_marker("cuda"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs():
     logging.getLogger("ember").setLevel(logging.WARNING)
