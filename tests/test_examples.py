@@ -28,6 +28,7 @@ RECIPES = {
     "sft_freeze.yaml": ([], "model"),
     "dpo_lora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
     "rm_lora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
+    "kto_lora.yaml": (["eval_steps=2", "save_steps=2"], "adapter"),
 }
 
 

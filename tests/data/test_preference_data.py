@@ -125,3 +125,26 @@ def test_missing_answer_column_names_it(tmp_path, pair_config, tokenizer):
     (tmp_path / "dataset_info.json").write_text(json.dumps({"a": {"file_name": "a.json", "ranking": True}}))
     with pytest.raises(ConfigError, match="'rejected'"):
         pairs(pair_config(dataset_dir=str(tmp_path), dataset="a"), tokenizer)
+
+
+def test_kto_rows_pair_each_prompt_with_a_mirrored_answer_for_the_kl_sample(pair_config, tokenizer):
+    cfg = pair_config(stage="kto", dataset="pydoc_kto", max_samples=4)
+    data = pairs(cfg, tokenizer)
+    rows = json.loads((DEMO / "kto_sharegpt.json").read_text())[:4]
+    assert [data[i]["kto_tag"] for i in range(4)] == [r["label"] for r in rows]
+    for i, row in enumerate(rows):
+        item, mirror = data[i], rows[3 - i]
+        prompt = [t for t, label in zip(item["input_ids"], item["labels"]) if label == IGNORE]
+        kl_prompt = [t for t, label in zip(item["kl_input_ids"], item["kl_labels"]) if label == IGNORE]
+        assert prompt == kl_prompt and row["messages"][0]["content"] in tokenizer.decode(prompt)
+        assert answer_text(tokenizer, item["input_ids"], item["labels"]).strip() == \
+            row["messages"][1]["content"] + tokenizer.eos_token
+        assert answer_text(tokenizer, item["kl_input_ids"], item["kl_labels"]).strip() == \
+            mirror["messages"][1]["content"] + tokenizer.eos_token
+    batch = collate_pairs(tokenizer.pad_token_id, ("", "kl_"))([data[0], data[1]])
+    assert batch["input_ids"].shape[0] == 4 and batch["kto_tag"].tolist() == [rows[0]["label"], rows[1]["label"]]
+
+
+def test_kto_needs_a_kto_tag(pair_config, tokenizer):
+    with pytest.raises(ConfigError, match="kto_tag"):
+        pairs(pair_config(stage="kto", dataset="pydoc_sharegpt"), tokenizer)

@@ -152,3 +152,42 @@ def test_dpo_with_the_policy_as_reference_is_ln2():
     chosen, rejected, _, _ = _logps(7)
     losses, *_ = dpo_losses(chosen, rejected, chosen.clone(), rejected.clone(), 0.1)
     assert torch.equal(losses, torch.full_like(losses, math.log(2)))
+
+
+def trl_kto(beta, logps, ref_logps, kl_logps, ref_kl_logps, desirable, wd, wu):
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    class Model(FixedOutputs):  # the KL call gets the KL input ids (ones), the main call zeros
+        def forward(self, input_ids, **kwargs):
+            self.logps = kl_logps if bool(input_ids[0, 0] == 1) else logps
+            return super().forward(input_ids, **kwargs)
+
+    model = Model(logps=logps)
+    stub = _trainer_stub(model, beta=beta, calculate_KL=True, loss_type="kto", desirable_weight=wd,
+                         undesirable_weight=wu)
+    stub._compute_kl_logps = lambda m, batch: KTOTrainer._compute_kl_logps(stub, m, batch)
+    rows = logps.numel()
+    inputs = {"input_ids": torch.zeros(rows, WIDTH, dtype=torch.long), "KL_input_ids": torch.ones(rows, WIDTH, dtype=torch.long),
+              "attention_mask": torch.ones(rows, WIDTH, dtype=torch.long),
+              "KL_attention_mask": torch.ones(rows, WIDTH, dtype=torch.long),
+              "completion_mask": torch.ones(rows, WIDTH, dtype=torch.long),
+              "KL_completion_mask": torch.ones(rows, WIDTH, dtype=torch.long),
+              "label": desirable, "ref_logps": ref_logps, "ref_KL_logps": ref_kl_logps}
+    loss = KTOTrainer._compute_loss(stub, model, inputs, return_outputs=False)
+    return loss, {k: v[-1] for k, v in stub._metrics["train"].items()}
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 1.33), (0.7, 1.0)])
+def test_kto_equals_trl(weights):
+    from ember.tasks.causal_lm.kto import KTOObjective
+    from ember.tasks.causal_lm.pref_losses import kto_losses
+    logps, ref_logps, kl_logps, ref_kl_logps = _logps(8)
+    kl_logps = ref_kl_logps + 0.5  # a positive KL estimate, so the reference point moves
+    desirable = torch.tensor([True, False, True, True, False, False])
+    losses, rewards, kl = kto_losses(logps, ref_logps, kl_logps, ref_kl_logps, desirable, 0.1, *weights)
+    expected, logged = trl_kto(0.1, logps, ref_logps, kl_logps, ref_kl_logps, desirable, *weights)
+    assert abs(losses.mean().item() - expected.item()) <= TOL
+    ours = KTOObjective._metrics(rewards, logps, desirable, kl, PAIRS)
+    assert abs(kl.item() - logged["kl"]) <= TOL and kl.item() > 0
+    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert abs((ours[key].total / ours[key].count).item() - logged[key]) <= TOL, key

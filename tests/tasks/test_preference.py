@@ -166,3 +166,14 @@ def test_ref_model_from_a_folder_is_the_reference(pref_config, tiny_model_dir, t
     trainer = fit(moved)
     assert trainer.task.pairs.reference is not None
     assert abs(read_metrics(moved.output_dir)[0]["loss"] - math.log(2)) > 1e-3
+
+
+def test_kto_starts_at_one_half_and_logs_kl(pref_config):
+    """With the reference equal to the policy every log-ratio and the KL estimate are 0, so each
+    sample's loss is 1 - sigmoid(0) = 1/2."""
+    cfg = pref_config(stage="kto", dataset="pydoc_kto", finetuning_type="lora", max_steps=3, learning_rate=5e-3)
+    fit(cfg)
+    records = read_metrics(cfg.output_dir)
+    assert abs(records[0]["loss"] - 0.5) <= 1e-6 and records[0]["kl"] == 0
+    assert all(k in records[-1] for k in ("rewards/chosen", "rewards/rejected", "logps/chosen", "kl"))
+    assert records[-1]["loss"] != records[0]["loss"]

@@ -25,7 +25,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adamw_8bit")
 class TaskGroup(Group):
     """Task and model"""
     task: Literal[tuple(FAMILIES)] = Field("causal_lm", description="which model family to train")  # type: ignore[valid-type]
-    stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo"] = Field("pt", description="pt = pretraining on raw text; sft = supervised fine-tuning on conversations; rm = reward model, dpo (orpo, simpo) = preference training, both on ranking datasets")
+    stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto"] = Field("pt", description="pt = pretraining on raw text; sft = supervised fine-tuning on conversations; rm = reward model, dpo (orpo, simpo) = preference training, both on ranking datasets; kto = on answers tagged desirable or not (kto_tag)")
     finetuning_type: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="which weights train: all, some layers, LoRA adapters, or LoRA on a quantized base")
     do_train: bool = Field(True, description="accepted for LLaMA-Factory YAMLs; ember train always trains")
     model_name_or_path: str | None = Field(None, description="local HF model folder to start from")

@@ -90,58 +90,138 @@ def encode_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list
     return out
 
 
-def encode_preference(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
-    check_pair_columns(ds, spec)
-    names = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+def encode_pair_rows(rows: list[dict], spec: DatasetSpec, tokenizer, cutoff_len: int) -> list[dict | None]:
+    out = []
+    for row in rows:
+        pair = pair_messages(row, spec)
+        encoded = None
+        if pair is not None:
+            (prompt, chosen), (_, rejected) = (_prompt_and_answer(m, tokenizer) for m in pair)
+            encoded = encode_pair(*_tokenize([prompt, chosen, rejected], tokenizer), cutoff_len)
+        out.append(encoded)
+    return out
+
+
+PAIR_COLUMNS = {"chosen_input_ids": [], "chosen_labels": [], "rejected_input_ids": [], "rejected_labels": []}
+FEEDBACK_COLUMNS = {"input_ids": [], "labels": [], "kl_input_ids": [], "kl_labels": [], "kto_tag": False}
+
+
+def _map_rows(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg, encode_rows, columns: dict,
+              what: str) -> datasets.Dataset:
+    """ds.map over batches of rows with encode_rows (a dict per row with `columns`, None to drop
+    the row); a row whose answer cutoff_len cut away entirely is dropped too, and counted."""
+    answer = next(name for name in columns if name.endswith("labels"))
 
     def encode(batch):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        out = {name: [] for name in (*names, "ok")}
-        for row in rows:
-            pair = pair_messages(row, spec)
-            encoded = None
-            if pair is not None:
-                (prompt, chosen), (_, rejected) = (_prompt_and_answer(m, tokenizer) for m in pair)
-                ids = _tokenize([prompt, chosen, rejected], tokenizer)
-                encoded = encode_pair(*ids, cfg.cutoff_len)
-                if not any(t != IGNORE for t in encoded["chosen_labels"][1:]):
-                    encoded = None  # no answer left within cutoff_len
-            for name in names:
-                out[name].append(encoded[name] if encoded else [])
-            out["ok"].append(encoded is not None)
+        encoded = encode_rows(rows, spec, tokenizer, cfg.cutoff_len)
+        out = {name: [e[name] if e else empty for e in encoded] for name, empty in columns.items()}
+        out["ok"] = [e is not None and any(t != IGNORE for t in e[answer][1:]) for e in encoded]
         return out
 
     encoded = ds.map(encode, batched=True, num_proc=cfg.preprocessing_num_workers, remove_columns=ds.column_names,
-                     load_from_cache_file=not cfg.overwrite_cache, desc=f"encoding pairs of {spec.name}")
+                     load_from_cache_file=not cfg.overwrite_cache, desc=f"encoding {what} of {spec.name}")
     dropped = len(encoded) - sum(encoded["ok"])
     if dropped:
-        log.warning("dataset '%s': %d of %d pairs dropped (malformed, or no answer within cutoff_len %d)",
-                    spec.name, dropped, len(encoded), cfg.cutoff_len)
+        log.warning("dataset '%s': %d of %d %s dropped (malformed, or no answer within cutoff_len %d)",
+                    spec.name, dropped, len(encoded), what, cfg.cutoff_len)
     kept = encoded.filter(lambda ok: ok, input_columns="ok")
     if len(kept) == 0:
-        raise ConfigError(f"dataset '{spec.name}': no usable preference pairs (all {len(encoded)} dropped)")
+        raise ConfigError(f"dataset '{spec.name}': no usable {what} (all {len(encoded)} dropped)")
     return kept.remove_columns("ok")
 
 
+def encode_preference(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
+    check_pair_columns(ds, spec)
+    return _map_rows(ds, spec, tokenizer, cfg, encode_pair_rows, PAIR_COLUMNS, "preference pairs")
+
+
 class PairDataset(Dataset):
-    """Items: the pair's chosen and rejected input_ids and labels, as lists."""
+    """Items: the encoded columns of one row, as lists (a pair's chosen and rejected ids and labels;
+    a KTO sample's, its KL sample's and its kto_tag)."""
 
     def __init__(self, encoded):
         self.rows = {name: list(encoded[name]) for name in encoded.column_names}
+        self.size = len(encoded)
 
     def __len__(self) -> int:
-        return len(self.rows["chosen_input_ids"])
+        return self.size
 
     def __getitem__(self, index: int) -> dict:
         return {name: column[index] for name, column in self.rows.items()}
 
 
-def collate_pairs(pad_id: int):
-    """Chosen rows first, then the rejected rows in the same order, right-padded to one width:
-    both answers of every pair go through one forward, and row i + B is row i's rival."""
+def build_pair_dataset(parts: list, tokenizer, cfg, label: str) -> PairDataset:
+    """Encoded pairs of every (spec, rows) part: ranking datasets, or for stage kto datasets with
+    a kto_tag column (each row's answer beside a mirrored row's answer, its KL sample)."""
+    for spec, _ in parts:
+        if cfg.stage == "kto" and not _kto_tag_column(spec):
+            raise ConfigError(f"stage kto needs a kto_tag: map dataset '{spec.name}''s tag column with "
+                              "\"columns\": {\"kto_tag\": ...} in dataset_info.json")
+        if cfg.stage != "kto" and not spec.ranking:
+            raise ConfigError(f"stage {cfg.stage} trains on preference pairs: dataset '{spec.name}' must be "
+                              "registered with \"ranking\": true and chosen/rejected columns in dataset_info.json")
+    encoded = [encode_feedback(ds, spec, tokenizer, cfg) if cfg.stage == "kto" else
+               encode_preference(ds, spec, tokenizer, cfg) for spec, ds in parts]
+    joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
+    log.info("%s: %d %s", label, len(joined), "KTO samples" if cfg.stage == "kto" else "preference pairs")
+    return PairDataset(joined)
+
+
+# ---- KTO: one answer per row, tagged desirable or not ------------------------------------------
+
+def _kto_tag_column(spec: DatasetSpec) -> str | None:
+    return spec.columns.get("kto_tag")
+
+
+def feedback_messages(row: dict, spec: DatasetSpec) -> tuple[list[dict], bool] | None:
+    """A row of a KTO dataset (a conversation ending with the answer, and its kto_tag) → (messages,
+    desirable), or None for a malformed row. The tag may be a bool or its text ('true'/'false')."""
+    messages = to_messages(row, spec)
+    tag = row.get(_kto_tag_column(spec))
+    if isinstance(tag, str) and tag.strip().lower() in ("true", "false"):
+        tag = tag.strip().lower() == "true"
+    if messages is None or not isinstance(tag, bool):
+        return None
+    return messages, tag
+
+
+def encode_feedback_rows(rows: list[dict], spec: DatasetSpec, tokenizer, cutoff_len: int) -> list[dict | None]:
+    """LLaMA-Factory's feedback encoding: each row's prompt with its own answer, and with the answer
+    of the row at the mirrored place in the batch (its KL sample, for KTO's reference point)."""
+    parsed = [feedback_messages(row, spec) for row in rows]
+    split = [_prompt_and_answer(p[0], tokenizer) if p is not None else None for p in parsed]
+    answers = [s[1] if s is not None else None for s in split]
+    out = []
+    for row_split, parse, kl_answer in zip(split, parsed, answers[::-1]):
+        if row_split is None or kl_answer is None:
+            out.append(None)
+            continue
+        prompt_ids, answer_ids, kl_ids = _tokenize([row_split[0], row_split[1], kl_answer], tokenizer)
+        source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), cutoff_len)
+        prompt, answer = prompt_ids[:source_len], answer_ids[:target_len]
+        kl_source_len, kl_target_len = infer_seqlen(len(prompt), len(kl_ids), cutoff_len)
+        kl_prompt, kl_answer_ids = prompt[:kl_source_len], kl_ids[:kl_target_len]
+        out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer,
+                    "kl_input_ids": kl_prompt + kl_answer_ids,
+                    "kl_labels": [IGNORE] * len(kl_prompt) + kl_answer_ids, "kto_tag": parse[1]})
+    return out
+
+
+def encode_feedback(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
+    check_columns(ds, spec)
+    if _kto_tag_column(spec) not in ds.column_names:
+        raise ConfigError(f"dataset '{spec.name}' has no column '{_kto_tag_column(spec)}' (its kto_tag; it has: "
+                          f"{', '.join(ds.column_names)})")
+    return _map_rows(ds, spec, tokenizer, cfg, encode_feedback_rows, FEEDBACK_COLUMNS, "KTO samples")
+
+
+def collate_pairs(pad_id: int, sides: tuple[str, str] = ("chosen_", "rejected_")):
+    """The first side's rows (chosen; for KTO the samples), then the second side's rows in the
+    same order (rejected; for KTO the KL samples), right-padded to one width: both go through one
+    forward, and row i + B belongs with row i. KTO batches carry kto_tag ([B], bool)."""
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
-        rows = [(x["chosen_input_ids"], x["chosen_labels"]) for x in items]
-        rows += [(x["rejected_input_ids"], x["rejected_labels"]) for x in items]
+        rows = [(x[f"{side}input_ids"], x[f"{side}labels"]) for side in sides for x in items]
         width = max(len(ids) for ids, _ in rows)
         batch = {"input_ids": torch.full((len(rows), width), pad_id, dtype=torch.long),
                  "labels": torch.full((len(rows), width), IGNORE, dtype=torch.long),
@@ -150,17 +230,7 @@ def collate_pairs(pad_id: int):
             batch["input_ids"][row, :len(ids)] = torch.tensor(ids)
             batch["labels"][row, :len(ids)] = torch.tensor(labels)
             batch["attention_mask"][row, :len(ids)] = 1
+        if "kto_tag" in items[0]:
+            batch["kto_tag"] = torch.tensor([bool(x["kto_tag"]) for x in items])
         return batch
     return collate
-
-
-def build_pair_dataset(parts: list, tokenizer, cfg, label: str) -> PairDataset:
-    """Encoded pairs of every (spec, rows) part; only ranking datasets hold pairs."""
-    for spec, _ in parts:
-        if not spec.ranking:
-            raise ConfigError(f"stage {cfg.stage} trains on preference pairs: dataset '{spec.name}' must be "
-                              "registered with \"ranking\": true and chosen/rejected columns in dataset_info.json")
-    encoded = [encode_preference(ds, spec, tokenizer, cfg) for spec, ds in parts]
-    joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
-    log.info("%s: %d preference pairs", label, len(joined))
-    return PairDataset(joined)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .step import to_device
+from .step import metric_parts, to_device
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ class Evaluator:
                 for name, loss in task.evaluation_step(model, batch).items():
                     sums[name] = sums.get(name, 0) + real * loss.total.detach().float()
                     counts[name] = counts.get(name, 0) + real * torch.as_tensor(loss.count, device=device).float()
-                    for key, value in loss.metrics.items():  # summed like the loss, over the same items
-                        metric_sums[key] = metric_sums.get(key, 0) + real * value.detach().float()
-                        metric_counts[key] = metric_counts.get(key, 0) + real * torch.as_tensor(loss.count, device=device).float()
+                    count = torch.as_tensor(loss.count, device=device).float()
+                    for key, value in loss.metrics.items():  # summed like the loss, over its own items
+                        total, n = metric_parts(value, count)
+                        metric_sums[key] = metric_sums.get(key, 0) + real * total
+                        metric_counts[key] = metric_counts.get(key, 0) + real * n
                 metrics = task.eval_metrics(self.world.unwrap(model), batch) if real else {}
                 if metrics:
                     extra.append(metrics)

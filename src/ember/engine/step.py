@@ -5,6 +5,8 @@ import math
 
 import torch
 
+from .task import Loss
+
 
 def to_device(batch, device: torch.device):
     if isinstance(batch, torch.Tensor):
@@ -69,6 +71,13 @@ def _wait_until_ready(batch, ready) -> None:
         tensor.record_stream(compute)
 
 
+def metric_parts(value, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A task metric as (summed value, item count): a tensor counts the loss's items, a Loss its own."""
+    if isinstance(value, Loss):
+        return value.total.detach().float(), torch.as_tensor(value.count, device=count.device, dtype=count.dtype)
+    return value.detach().float(), count
+
+
 def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
     """Forward/backward every micro-batch of the window, then step each optimizer once.
 
@@ -101,9 +110,10 @@ def run_optimizer_step(trainer, window: list) -> tuple[dict, dict, dict]:
                                    retain_graph=several and i < len(losses) - 1)
                 sums[name] = sums.get(name, 0) + loss.total.detach().float()
                 counts[name] = counts.get(name, 0) + count
-                for key, value in loss.metrics.items():  # summed like the loss, over the same items
-                    sums[key] = sums.get(key, 0) + value.detach().float()
-                    counts[key] = counts.get(key, 0) + count
+                for key, value in loss.metrics.items():  # summed like the loss, over its own items
+                    total, n = metric_parts(value, count)
+                    sums[key] = sums.get(key, 0) + total
+                    counts[key] = counts.get(key, 0) + n
     grad_norms = {}
     max_norm = trainer.cfg.max_grad_norm or math.inf
     for name, opt in optimizers.items():

@@ -26,9 +26,10 @@ class Loss:
     total: torch.Tensor
     count: torch.Tensor | int
     #: extra numbers to log (reward accuracy, a KL estimate), each *summed* over the same items
-    #: as `total`: the engine divides each by the same count over the window and the ranks, so
-    #: they are as exact as the loss; logged under their own names (eval_<name> in evaluation)
-    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: as `total`, or a Loss of its own (a sum over some of them, and how many: KTO's desirable
+    #: answers): the engine divides each by its count over the window and the ranks, so they are
+    #: as exact as the loss; logged under their own names (eval_<name> in evaluation)
+    metrics: dict[str, torch.Tensor | Loss] = field(default_factory=dict)
 
 
 class Task:

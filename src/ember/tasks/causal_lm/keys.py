@@ -1,4 +1,4 @@
-"""Keys of the preference and reward stages (rm, dpo, orpo, simpo), named and meaning what they
+"""Keys of the preference and reward stages (rm, dpo, orpo, simpo, kto), named and meaning what they
 mean in LLaMA-Factory. Light: imported with the schema (no torch)."""
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ _NOT_HONOURED = {
 
 
 class PreferenceGroup(Group):
-    """Preference and reward training (stages rm, dpo, orpo, simpo)"""
-    pref_beta: float = Field(0.1, gt=0, description="dpo/orpo/simpo: beta, the strength of the preference (DPO's inverse temperature; ORPO's weight of the odds-ratio term)")
+    """Preference and reward training (stages rm, dpo, orpo, simpo, kto)"""
+    pref_beta: float = Field(0.1, gt=0, description="dpo/orpo/simpo/kto: beta, the strength of the preference (DPO's inverse temperature; ORPO's weight of the odds-ratio term)")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field("sigmoid", description="stage dpo: sigmoid (DPO), hinge (SLiC), ipo, or the reference-free orpo and simpo (also reachable as stage orpo / simpo)")
     pref_ftx: float = Field(0.0, ge=0, description="dpo: weight of an SFT term (the chosen answer's mean token NLL) added to the preference loss")
     pref_bco_weight: float = Field(0.0, ge=0, description="weight of a BCO term (not available: only 0)")
     simpo_gamma: float = Field(0.5, description="simpo: target reward margin gamma")
     dpo_label_smoothing: float = Field(0.0, ge=0, le=0.5, description="dpo sigmoid: the assumed share of flipped preference labels (conservative DPO)")
-    kto_chosen_weight: float = Field(1.0, gt=0, description="kto: weight of desirable examples (stage kto is not available yet)")
-    kto_rejected_weight: float = Field(1.0, gt=0, description="kto: weight of undesirable examples (stage kto is not available yet)")
+    kto_chosen_weight: float = Field(1.0, gt=0, description="kto: weight of the loss of desirable answers")
+    kto_rejected_weight: float = Field(1.0, gt=0, description="kto: weight of the loss of undesirable answers")
     ref_model: str | None = Field(None, description="dpo: local HF folder of the reference model (default: the starting model; with LoRA, the base with adapters disabled, no second copy)")
     ref_model_adapters: str | None = Field(None, description="adapters for ref_model (not available: merge them into ref_model)")
     ref_model_quantization_bit: int | None = Field(None, description="quantize ref_model (not available)")

@@ -44,6 +44,18 @@ def simpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, beta: float, gamm
     return -F.logsigmoid(beta * logits), beta * chosen.detach(), beta * rejected.detach()
 
 
+def kto_losses(logps: torch.Tensor, ref_logps: torch.Tensor, kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor,
+               desirable: torch.Tensor, beta: float, desirable_weight: float = 1.0, undesirable_weight: float = 1.0):
+    """KTO per sample: the reference point is the batch's KL estimate between policy and reference
+    on mismatched answers (mean, clamped at 0, no gradient); desirable answers are pushed above it,
+    undesirable ones below. Returns (losses, rewards, kl); rewards = beta * log-ratio."""
+    kl = (kl_logps - ref_kl_logps).mean().detach().clamp(min=0)
+    logratios = logps - ref_logps
+    losses = torch.where(desirable, desirable_weight * (1 - torch.sigmoid(beta * (logratios - kl))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios))))
+    return losses, beta * logratios.detach(), kl
+
+
 def pairwise_reward_losses(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor):
     """The reward model's Bradley-Terry loss: -log sigmoid(r_chosen - r_rejected)."""
     losses = -F.logsigmoid(chosen_scores - rejected_scores)

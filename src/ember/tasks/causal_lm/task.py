@@ -19,6 +19,7 @@ from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning
 from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ...models.lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
+from .kto import KTOObjective
 from .preference import PreferenceObjective
 from .reward import RewardObjective, load_reward_model
 
@@ -41,7 +42,7 @@ class CausalLMTask(Task):
         if cfg.stage != "pt":
             ensure_chat_template(self.tokenizer, cfg.template)
         # the stages on answer pairs: their loss (and reference model), else None
-        self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else
+        self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else KTOObjective(cfg) if cfg.stage == "kto" else
                       PreferenceObjective(cfg) if cfg.stage in ("dpo", "orpo", "simpo") else None)
 
     # ---- data ---------------------------------------------------------------------------
@@ -82,7 +83,8 @@ class CausalLMTask(Task):
         if cfg.stage == "pt":
             return train, val, collate_blocks(pad)
         if self.pairs is not None:
-            return train, val, collate_pairs(pad)
+            # KTO: each sample, then its KL sample; else each pair's chosen, then its rejected answer
+            return train, val, collate_pairs(pad, ("", "kl_") if cfg.stage == "kto" else ("chosen_", "rejected_"))
         return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
 
     # ---- model --------------------------------------------------------------------------
