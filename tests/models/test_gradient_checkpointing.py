@@ -52,10 +52,11 @@ def first_batch(task, size=2):
     return collate([train[i] for i in range(min(size, len(train)))])
 
 
-@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+@pytest.mark.parametrize("finetuning_type", ["full", "lora", "qlora"])
 def test_lm_step_is_bit_identical(make_config, tiny_model_dir, finetuning_type):
+    quantized = {"quantization_bit": 4} if finetuning_type == "qlora" else {}
     cfg = make_config(model_config=None, model_name_or_path=str(tiny_model_dir), finetuning_type=finetuning_type,
-                      lora_target="all", cutoff_len=64)
+                      lora_target="all", cutoff_len=64, **quantized)
     task = build_task(cfg)
     assert_same_step(task, first_batch(task))
 
@@ -106,6 +107,14 @@ def test_a_training_run_is_the_same_with_it(make_config, train, tmp_path):
     assert curve(tmp_path / "off") == curve(tmp_path / "on")
     for a, b in zip(runs[0].raw.parameters(), runs[1].raw.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_compiled_blocks_recompute_the_same_run(make_config, train, tmp_path):
+    """compile traces each block's checkpoint as one region; the run is the eager one."""
+    train(make_config(output_dir=str(tmp_path / "eager"), max_steps=3))
+    train(make_config(output_dir=str(tmp_path / "compiled"), max_steps=3, compile=True, gradient_checkpointing=True))
+    eager, compiled = ([r["loss"] for r in curve(tmp_path / name)] for name in ("eager", "compiled"))
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("written, expected", [(True, False), (False, True), ("false", True)])
