@@ -105,7 +105,7 @@ def test_pref_loss_orpo_under_stage_dpo_is_stage_orpo(pref_config):
     assert task.pairs.loss_type == "orpo" and not task.pairs.uses_reference
 
 
-@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+@pytest.mark.parametrize("finetuning_type", ["full", "lora", "freeze"])
 def test_reward_model_trains_and_reloads_as_sequence_classification(pref_config, finetuning_type, tmp_path):
     from transformers import AutoModelForSequenceClassification
     cfg = pref_config(stage="rm", finetuning_type=finetuning_type, max_steps=3)
@@ -117,7 +117,9 @@ def test_reward_model_trains_and_reloads_as_sequence_classification(pref_config,
     model = trainer.raw.eval()
     with torch.no_grad():
         expected = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    if finetuning_type == "full":
+    if finetuning_type == "freeze":  # the new head trains besides the chosen layers
+        assert trainer.raw.score.weight.requires_grad
+    if finetuning_type != "lora":
         loaded = AutoModelForSequenceClassification.from_pretrained(cfg.output_dir)
     else:
         from peft import PeftModel
@@ -177,3 +179,17 @@ def test_kto_starts_at_one_half_and_logs_kl(pref_config):
     assert abs(records[0]["loss"] - 0.5) <= 1e-6 and records[0]["kl"] == 0
     assert all(k in records[-1] for k in ("rewards/chosen", "rewards/rejected", "logps/chosen", "kl"))
     assert records[-1]["loss"] != records[0]["loss"]
+
+
+@pytest.mark.parametrize("finetuning_type", ["full", "lora"])
+def test_resumed_dpo_run_equals_the_uninterrupted_one(pref_config, finetuning_type, tmp_path):
+    """The reference is rebuilt from the starting model on resume, so the run continues exactly."""
+    from conftest import CrashAt, curve
+    common = dict(finetuning_type=finetuning_type, max_steps=4, save_steps=2)
+    whole = pref_config(**common, output_dir=str(tmp_path / "whole"))
+    fit(whole)
+    broken = pref_config(**common, output_dir=str(tmp_path / "broken"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(broken, CrashAt(build_task(broken), 3)).fit()
+    fit(pref_config(**common, output_dir=str(tmp_path / "broken"), resume_from_checkpoint="true"))
+    assert curve(tmp_path / "broken") == curve(tmp_path / "whole")
