@@ -45,8 +45,10 @@ def build_app(root: Path):
                 watch = watch_tab.build(root)
             with gr.Tab("Configure & Launch", id="configure", elem_id="tab-configure"):
                 configure_tab.build(root, tabs, watch)
-            with gr.Tab("Try", id="try", elem_id="tab-try"):
-                try_tab.build(root)
+            with gr.Tab("Try", id="try", elem_id="tab-try") as try_page:
+                try_lists, try_outputs = try_tab.build(root)
+        # runs that finished after the page was built appear as soon as the tab is opened
+        try_page.select(try_lists, None, try_outputs, show_progress="hidden")
         refresh, inputs, outputs = watch["load"]
         app.load(refresh, inputs, outputs, show_progress="hidden")
     return app

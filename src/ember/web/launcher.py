@@ -50,7 +50,7 @@ def jobs(root: Path) -> list[dict]:
             continue
         job["path"] = str(path)
         found.append(job)
-    return found
+    return sorted(found, key=lambda job: (job.get("created", 0), job["id"]))  # queue order, whatever the names
 
 
 def update_job(job: dict, **changes) -> dict:
@@ -80,7 +80,8 @@ def enqueue(root: Path, config: dict | None, output_dir: str, args: list[str] | 
     or ready-made arguments (a resume). Starts the runner when none is at work."""
     folder = queue_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    job_id = time.strftime("%Y%m%d-%H%M%S") + f"-{time.monotonic_ns() % 10**6:06d}"
+    now = time.time_ns()  # one instant for both parts, so ids sort in the order jobs were queued
+    job_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(now // 10**9)) + f"-{now % 10**9:09d}"
     if config is not None:
         yaml_path = folder / f"{job_id}.yaml"
         yaml_path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -72,7 +72,9 @@ def finished(root: Path, task: str, lora: bool = False) -> list[str]:
     return names
 
 
-def build(root: Path) -> None:
+def build(root: Path) -> tuple:
+    """Builds the tab inside the current Blocks; returns (refresh, outputs) that fill its run lists, for
+    the page to call whenever the tab is opened (runs finish after the page was built)."""
     gr.Markdown("Finished runs only. Each answer comes from the matching `ember` command run in its own process.")
     with gr.Tab("Generate (language model)"):
         lm = gr.Dropdown(choices=finished(root, "causal_lm"), label="Run", elem_id="try-lm-run")
@@ -97,5 +99,10 @@ def build(root: Path) -> None:
         export_msg = gr.Textbox(label="Result")
         export_btn.click(lambda *a: export(root, *a), [lora, export_dir], export_msg)
     refresh = gr.Button("Refresh run lists", size="sm")
-    refresh.click(lambda: (gr.update(choices=finished(root, "causal_lm")), gr.update(choices=finished(root, "vlm")),
-                           gr.update(choices=finished(root, "causal_lm", lora=True))), None, [lm, vlm, lora])
+
+    def lists():
+        return (gr.update(choices=finished(root, "causal_lm")), gr.update(choices=finished(root, "vlm")),
+                gr.update(choices=finished(root, "causal_lm", lora=True)))
+
+    refresh.click(lists, None, [lm, vlm, lora])
+    return lists, [lm, vlm, lora]
