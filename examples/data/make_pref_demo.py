@@ -11,21 +11,13 @@ boolean label (true: the topic's own sentence; false: another topic's), alternat
 """
 import json
 import random
-import re
 from pathlib import Path
 
-from pydoc_data.topics import topics
+from make_sft_demo import pydoc_facts  # the same facts the SFT demo is made of
 
 here = Path(__file__).parent
 rng = random.Random(0)
-facts = []
-for name in sorted(topics):
-    blocks = [" ".join(b.split()) for b in re.split(r"\n\s*\n", topics[name].strip())]
-    prose = [b for b in blocks if not re.search(r"[*=~-]{4}", b) and len(b) >= 30]  # skip title underlines
-    if prose:
-        sentence = re.split(r"(?<=[.:])\s", prose[0])[0]
-        if 30 <= len(sentence) <= 240:
-            facts.append((name, sentence))
+facts = pydoc_facts()
 
 
 def rival(index: int) -> str:
