@@ -37,7 +37,8 @@ def parse_export_config(raw: dict) -> ExportConfig:
 
 
 def export_merged(cfg: ExportConfig) -> Path:
-    from .models.hf import load_causal_lm, load_tokenizer, read_json_object
+    from .config.files import read_json_object
+    from .models.hf import load_causal_lm, load_tokenizer
 
     if cfg.export_format == "nanovlm":
         return _export_nanovlm(cfg)

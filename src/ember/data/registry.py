@@ -7,11 +7,11 @@ the registry may also be a path to a file or folder.
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config.errors import ConfigError
+from ..config.files import read_json_object
 
 HUB_KEYS = ("hf_hub_url", "ms_hub_url", "om_hub_url", "script_url", "cloud_file_name")
 
@@ -32,15 +32,7 @@ def read_registry(dataset_dir: str) -> dict:
     path = Path(dataset_dir) / "dataset_info.json"
     if not path.is_file():
         return {}
-    try:
-        info = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path} is not UTF-8 text (byte at offset {err.start}); save it as UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno}") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{path} must be a JSON object mapping dataset names to entries")
-    return info
+    return read_json_object(path, "dataset_dir")  # dataset names → their entries
 
 
 def resolve_datasets(names: str, dataset_dir: str) -> list[DatasetSpec]:

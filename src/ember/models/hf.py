@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from ..config.errors import ConfigError
+from ..config.files import read_json_object
 from ..engine.checkpoint.weights import unpickling_refusal
 
 
@@ -32,17 +33,6 @@ def read_model_config(spec: str) -> dict:
     return data
 
 
-def read_json_object(path: Path, key: str) -> dict:
-    """A JSON object from a file, or one line naming the file and what is wrong with it."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{key}: {path} is not UTF-8 text (byte at offset {err.start}); JSON files are UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{key}: {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{key}: {path} must hold a JSON object {{...}}, not {json.dumps(data)[:40]}")
-    return data
 
 
 def refuse_custom_code(path: str, key: str, trust_remote_code: bool) -> None:
