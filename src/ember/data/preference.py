@@ -150,6 +150,12 @@ class PairDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         return {name: column[index] for name, column in self.rows.items()}
 
+    def add_column(self, name: str, values: list) -> None:
+        """A per-row value computed after encoding (precomputed reference log-probs)."""
+        if len(values) != self.size:
+            raise ValueError(f"column {name}: {len(values)} values for {self.size} rows")
+        self.rows[name] = list(values)
+
 
 def build_pair_dataset(parts: list, tokenizer, cfg, label: str) -> PairDataset:
     """Encoded pairs of every (spec, rows) part: ranking datasets, or for stage kto datasets with
@@ -219,7 +225,8 @@ def encode_feedback(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> 
 def collate_pairs(pad_id: int, sides: tuple[str, str] = ("chosen_", "rejected_")):
     """The first side's rows (chosen; for KTO the samples), then the second side's rows in the
     same order (rejected; for KTO the KL samples), right-padded to one width: both go through one
-    forward, and row i + B belongs with row i. KTO batches carry kto_tag ([B], bool)."""
+    forward, and row i + B belongs with row i. KTO batches carry kto_tag ([B], bool); with
+    precompute_ref_log_probs, ref_logps ([2B], the reference's log-prob of each row)."""
     def collate(items: list[dict]) -> dict[str, torch.Tensor]:
         rows = [(x[f"{side}input_ids"], x[f"{side}labels"]) for side in sides for x in items]
         width = max(len(ids) for ids, _ in rows)
@@ -232,5 +239,8 @@ def collate_pairs(pad_id: int, sides: tuple[str, str] = ("chosen_", "rejected_")
             batch["attention_mask"][row, :len(ids)] = 1
         if "kto_tag" in items[0]:
             batch["kto_tag"] = torch.tensor([bool(x["kto_tag"]) for x in items])
+        if f"{sides[0]}ref_logps" in items[0]:  # precomputed reference log-probs, row for row
+            batch["ref_logps"] = torch.tensor([x[f"{side}ref_logps"] for side in sides for x in items],
+                                              dtype=torch.float32)
         return batch
     return collate

@@ -30,6 +30,7 @@ class PreferenceGroup(Group):
     kto_chosen_weight: float = Field(1.0, gt=0, description="kto: weight of the loss of desirable answers")
     kto_rejected_weight: float = Field(1.0, gt=0, description="kto: weight of the loss of undesirable answers")
     ref_model: str | None = Field(None, description="dpo: local HF folder of the reference model (default: the starting model; with LoRA, the base with adapters disabled, no second copy)")
+    precompute_ref_log_probs: bool = Field(False, description="dpo/kto: compute the reference model's log-probabilities once, in one pass over the training and validation data before training, so training holds one model (no frozen copy, no ref_model kept)")
     ref_model_adapters: str | None = Field(None, description="adapters for ref_model (not available: merge them into ref_model)")
     ref_model_quantization_bit: int | None = Field(None, description="quantize ref_model (not available)")
 

@@ -10,11 +10,20 @@ The reference: with LoRA/QLoRA the policy itself with its adapters disabled (pef
 disable_adapter(): no second copy of the weights); with full or freeze training a frozen copy
 of the starting model, or `ref_model` from a folder. It lives outside the trained model, so it
 is in no checkpoint, optimizer or export, and it is rebuilt identically on resume.
+
+With precompute_ref_log_probs the reference runs once instead: one pass over the training and
+validation rows as the model is built (the starting weights, before fine-tuning is applied;
+under LoRA these are the base, which is what disabling the adapters gives), each row's
+log-prob stored as a column of the dataset, so it travels with its row through the sampler and
+resumes exactly; no reference model is kept. The pass is in memory (the datasets library caches
+the tokenisation; ember keeps no dataset cache of its own) and is redone on resume.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import os
 
 import torch
 from torch import nn
@@ -24,6 +33,8 @@ from ...engine.task import Loss
 from ...models.hf import load_causal_lm
 from ...models.lm_loss import next_token_labels
 from .pref_losses import LENGTH_NORMALISED, REFERENCE_FREE, pair_metrics, preference_losses
+
+log = logging.getLogger("ember")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,6 +86,50 @@ class PreferenceObjective:
     def after_finetuning(self, model: nn.Module) -> nn.Module:
         return model
 
+    def precompute_reference(self, model: nn.Module, sets: list, collate, sides: tuple[str, str]) -> None:
+        """One pass of the reference over every row of `sets` (PairDatasets): each row's reference
+        log-prob becomes the column <side>ref_logps. `model` is the starting model, before
+        fine-tuning is applied; ref_model, when set, is loaded for the pass and dropped after it."""
+        from ...engine.runtime import Precision, pick_device
+        from ...config.schema import PrecisionGroup
+        cfg = self.cfg
+        device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
+        precision = Precision(cfg.part(PrecisionGroup), device)
+        if cfg.ref_model:
+            reference = load_causal_lm(cfg.ref_model, cfg.trust_remote_code)
+        elif precision.param_dtype is not None:  # pure_bf16: as the live reference, in bf16 (a transient copy)
+            reference = copy.deepcopy(model)
+        else:
+            reference = model
+        home = next(reference.parameters()).device
+        placed = getattr(reference, "hf_quantizer", None) is not None  # k-bit models are placed when loaded
+        if not placed:
+            reference.to(device=device, dtype=precision.param_dtype)
+        was_training = reference.training
+        reference.eval()
+        size = max(1, cfg.per_device_eval_batch_size)
+        for dataset in sets:
+            if dataset is None or len(dataset) == 0:
+                continue
+            values = []
+            for start in range(0, len(dataset), size):
+                batch = collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
+                batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
+                with torch.no_grad(), precision.autocast():
+                    logps, lengths = sequence_logps(reference(**_model_inputs(batch)).logits, batch["labels"])
+                if self.loss_type in LENGTH_NORMALISED:
+                    logps = logps / lengths.clamp(min=1)
+                values.extend(logps.cpu().tolist())
+            n = len(dataset)
+            for i, side in enumerate(sides):
+                dataset.add_column(f"{side}ref_logps", values_of_side(values, size, n, i))
+        reference.train(was_training)
+        if reference is model and not placed and home != device:
+            model.to(home)  # the engine places (and casts) the model it trains itself
+        del reference
+        log.info("reference log-probabilities precomputed for %s rows; no reference model is kept",
+                 " + ".join(str(len(d)) for d in sets if d is not None))
+
     def _reference_model(self, policy: nn.Module) -> nn.Module:
         if not self._placed:  # on the policy's device and in its dtype (pure_bf16), once
             param = next(p for p in policy.parameters() if p.is_floating_point())
@@ -83,6 +138,11 @@ class PreferenceObjective:
         return self.reference
 
     def _reference_logps(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        if "ref_logps" in batch:  # precompute_ref_log_probs: computed once, carried by the batch
+            return batch["ref_logps"].to(batch["labels"].device)
+        if self.cfg.precompute_ref_log_probs:
+            raise RuntimeError("precompute_ref_log_probs is set but the batch carries no ref_logps "
+                               "(build_data must run before build_model)")
         policy = _unwrapped(model)
         if self.reference is not None:
             ref, context = self._reference_model(policy), contextlib.nullcontext()
@@ -108,3 +168,14 @@ class PreferenceObjective:
             losses = losses - self.cfg.pref_ftx * average[:pairs]
         metrics = pair_metrics(chosen_rewards, rejected_rewards, chosen, rejected)
         return Loss(losses.sum(), pairs, metrics)
+
+
+def values_of_side(values: list, size: int, n: int, side: int) -> list:
+    """The collated order is, per batch of b rows, the b first-side rows then the b second-side
+    rows: side 0's (or 1's) values, in row order."""
+    out = []
+    for start in range(0, n, size):
+        b = min(size, n - start)
+        offset = 2 * start
+        out.extend(values[offset + side * b: offset + (side + 1) * b])
+    return out

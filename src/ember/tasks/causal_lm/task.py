@@ -44,6 +44,11 @@ class CausalLMTask(Task):
         # the stages on answer pairs: their loss (and reference model), else None
         self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else KTOObjective(cfg) if cfg.stage == "kto" else
                       PreferenceObjective(cfg) if cfg.stage in ("dpo", "orpo", "simpo") else None)
+        if cfg.precompute_ref_log_probs and not getattr(self.pairs, "uses_reference", False):
+            raise ConfigError(f"precompute_ref_log_probs: stage {cfg.stage} "
+                              f"{'with pref_loss ' + cfg.pref_loss + ' ' if cfg.stage == 'dpo' else ''}"
+                              "has no reference model (it applies to dpo and kto)")
+        self._pair_sets = None  # (train, validation), kept for the reference pass of precompute_ref_log_probs
 
     # ---- data ---------------------------------------------------------------------------
     def _read(self, names: str) -> list:
@@ -84,7 +89,9 @@ class CausalLMTask(Task):
             return train, val, collate_blocks(pad)
         if self.pairs is not None:
             # KTO: each sample, then its KL sample; else each pair's chosen, then its rejected answer
-            return train, val, collate_pairs(pad, ("", "kl_") if cfg.stage == "kto" else ("chosen_", "rejected_"))
+            self._sides = ("", "kl_") if cfg.stage == "kto" else ("chosen_", "rejected_")
+            self._pair_sets = (train, val)
+            return train, val, collate_pairs(pad, self._sides)
         return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
 
     # ---- model --------------------------------------------------------------------------
@@ -105,6 +112,11 @@ class CausalLMTask(Task):
             # packed rows: attention per sample (the sum of len² over samples), not over whole rows
             from ...models.packed_attention import NAME
             model.set_attn_implementation(NAME)
+        if self.pairs is not None and cfg.precompute_ref_log_probs:
+            if self._pair_sets is not None:  # one reference pass over the data; no reference is kept
+                self.pairs.precompute_reference(model, list(self._pair_sets),
+                                                collate_pairs(self.tokenizer.pad_token_id, self._sides), self._sides)
+            return self.pairs.after_finetuning(apply_finetuning(model, cfg))
         if self.pairs is not None:
             self.pairs.before_finetuning(model)  # a frozen reference copy, where one is needed
             return self.pairs.after_finetuning(apply_finetuning(model, cfg))
