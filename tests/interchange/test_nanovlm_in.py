@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from ember.engine.checkpoint.weights import read_weights
 from ember.tasks.vlm.model import VisionLanguageModel
-from ember.tasks.vlm.nanovlm import is_nanovlm_folder
+from ember.tasks.vlm.nanovlm import is_nanovlm_folder, read_ember_weights
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "nanovlm"
 CHECKPOINT = FIXTURE / "nanovlm_checkpoint"
@@ -63,9 +62,10 @@ def test_logits_and_loss_equal_nanovlms(model, batch):
 
 
 def test_load_from_checkpoint_reads_nanovlm_names(model):
-    """The engine's weight reader (load_from_checkpoint) gives ember's names for a nanoVLM folder."""
-    import ember.tasks.vlm.task  # noqa: F401  (registers the reader, as building the task does)
-    tensors = read_weights(CHECKPOINT)
+    """The VLM family's weight reader (load_from_checkpoint's, through Task.read_weights) gives
+    ember's names for a nanoVLM folder, and declines any other source."""
+    tensors = read_ember_weights(CHECKPOINT)
+    assert read_ember_weights(CHECKPOINT.parent) is None
     own = model.state_dict()
     assert tensors.keys() == own.keys()
     assert all(torch.equal(tensors[k], own[k]) for k in own)

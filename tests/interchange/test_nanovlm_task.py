@@ -8,7 +8,8 @@ from nanovlm_helpers import CHECKPOINT, stand_in_tokenizer
 
 from ember.config import build_config
 from ember.config.errors import ConfigError
-from ember.engine.checkpoint.weights import load_weights, read_weights
+from ember.engine.assembly import initial_tensors
+from ember.engine.checkpoint.weights import load_weights
 from ember.tasks import build_task
 from ember.tasks.vlm.model import VisionLanguageModel
 
@@ -22,7 +23,7 @@ def _start(cfg):
     model = task.build_model()
     source = cfg.load_from_checkpoint or task.initial_weights()
     if source:
-        load_weights(model, read_weights(source), source)
+        load_weights(model, initial_tensors(task, source), source)
     return task, model
 
 

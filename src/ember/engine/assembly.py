@@ -21,7 +21,7 @@ def build_model(task, cfg, device: torch.device, precision, world) -> tuple[torc
     model = task.build_model()
     source = cfg.load_from_checkpoint or task.initial_weights()
     if source:
-        load_weights(model, read_weights(source), source, cfg.ignore_mismatched_sizes)
+        load_weights(model, initial_tensors(task, source), source, cfg.ignore_mismatched_sizes)
         log.info("initialised weights from %s (fresh optimizer and schedule)", source)
     if next(model.parameters()).device != device:  # k-bit models are placed when loaded
         model.to(device)
@@ -34,6 +34,12 @@ def build_model(task, cfg, device: torch.device, precision, world) -> tuple[torc
     wrapped = world.wrap(model, device, precision, cfg.fsdp_cpu_offload, find_unused=task.forward_may_skip_parameters,
                          broadcast_buffers=task.ddp_broadcast_buffers)
     return wrapped, model
+
+
+def initial_tensors(task, source: str) -> dict[str, torch.Tensor]:
+    """The weights at `source`, read by the family when it knows the format, else by the engine."""
+    tensors = task.read_weights(source)
+    return tensors if tensors is not None else read_weights(source)
 
 
 def build_optimizers(task, raw: torch.nn.Module, cfg, device: torch.device, world) -> dict:

@@ -77,6 +77,12 @@ class Task:
         checkpoint folder, an HF folder or a weights file), e.g. a family's own resume key."""
         return None
 
+    def read_weights(self, source: str) -> dict[str, torch.Tensor] | None:
+        """The weights at `source` (load_from_checkpoint or initial_weights) under the model's own names,
+        when they are in a format only this family knows (another program's checkpoint folder);
+        None: the engine reads them (checkpoint, HF folder, safetensors, state dict)."""
+        return None
+
     def evaluation_step(self, model: nn.Module, batch: Any) -> dict[str, Loss]:
         """A validation micro-batch's losses, under torch.no_grad. By default the training
         losses; a task whose training step differs (sampling, a GAN term) overrides this."""

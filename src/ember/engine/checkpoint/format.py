@@ -208,10 +208,10 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict:
             read_metadata(path / "dcp" / ".metadata")
         bundle["weights"] = None if sharded else load_file(str(path / "model.safetensors"))
         optimizer_file = path / "optimizer.pt"
-        bundle["optimizers"] = (_torch_load(optimizer_file) if optimizer_file.exists()
+        bundle["optimizers"] = (_load_plain_values(optimizer_file) if optimizer_file.exists()
                                 else "dcp" if sharded and not bundle["state"].get("save_only_model") else None)
         rng_file = path / f"rng_state_{rank}.pt"
-        bundle["rng"] = _torch_load(rng_file) if rng_file.exists() else None
+        bundle["rng"] = _load_plain_values(rng_file) if rng_file.exists() else None
     except CheckpointError:
         raise
     except Exception as err:  # safetensors and json each raise their own types
@@ -219,7 +219,7 @@ def read_checkpoint(path: Path, rank: int = 0) -> dict:
     return bundle
 
 
-def _torch_load(file: Path):
+def _load_plain_values(file: Path):
     try:
         return torch.load(file, weights_only=True)
     except pickle.UnpicklingError as err:

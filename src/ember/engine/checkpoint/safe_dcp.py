@@ -2,7 +2,7 @@
 
 torch's FileSystemReader reads `.metadata` with plain `pickle.load`, and its DefaultLoadPlanner
 reads every non-tensor item (an optimizer's step count, a learning rate) with
-`torch.load(weights_only=False)`. A checkpoint is a file users share and download like model
+torch.load with weights_only off. A checkpoint is a file users share and download like model
 weights, so either would run whatever a crafted file asks. Here the metadata goes through an
 unpickler that admits only the classes DCP itself writes there, and non-tensor items through
 `torch.load(weights_only=True)`; anything else is refused with the file named.

@@ -18,10 +18,6 @@ from ...config.errors import ConfigError, first_line
 
 log = logging.getLogger("ember")
 TORCH_SUFFIXES = (".ckpt", ".pt", ".bin", ".pth")
-# Other programs' folders a task family can read (folder → tensors under the model's names, or None
-# when the folder is not of its kind); a family registers its reader when imported, so the engine
-# loads e.g. a nanoVLM checkpoint without knowing the VLM family.
-FOLDER_READERS: list = []
 
 
 def unpickling_refusal(err: pickle.UnpicklingError) -> str:
@@ -54,10 +50,6 @@ def _torch_file(path: Path) -> dict:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.is_dir():
-        for reader in FOLDER_READERS:
-            found = reader(path)
-            if found is not None:
-                return found
         if (path / "model.safetensors").is_file():
             return load_file(str(path / "model.safetensors"))
         index = path / "model.safetensors.index.json"

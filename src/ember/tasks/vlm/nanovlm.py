@@ -129,7 +129,7 @@ def vlm_config(nano: dict):
 
 def read_ember_weights(folder) -> dict[str, torch.Tensor] | None:
     """A nanoVLM folder's weights under ember's names (None for any other folder): how
-    load_from_checkpoint reads one (registered with the engine's weight readers)."""
+    load_from_checkpoint reads one (through VLMTask.read_weights)."""
     nano = read_config(folder)
     if nano is None:
         return None
@@ -153,14 +153,6 @@ def load_model(folder):
     model.load_state_dict(tensors)
     return model
 
-
-def _register() -> None:
-    from ...engine.checkpoint.weights import FOLDER_READERS
-    if read_ember_weights not in FOLDER_READERS:
-        FOLDER_READERS.append(read_ember_weights)
-
-
-_register()
 
 
 def prepare_tokenizer(tokenizer, nano: dict, template: str | None) -> None:

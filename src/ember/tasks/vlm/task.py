@@ -58,8 +58,8 @@ class VLMTask(Task):
                 self.saved_vlm = cfg.vlm_checkpoint_path
             else:  # the same model built from this config, that checkpoint's weights loaded into it
                 self.checkpoint_weights = cfg.vlm_checkpoint_path
-        # a nanoVLM folder (to resume from, or load_from_checkpoint's; importing nanovlm registered the
-        # engine's reader for it): its config is the model's shape
+        # a nanoVLM folder (to resume from, or load_from_checkpoint's, read by read_weights below):
+        # its config is the model's shape
         nano_folder = next((f for f in (self.saved_vlm, cfg.load_from_checkpoint) if is_nanovlm_folder(f)), None)
         self.nanovlm = nanovlm.read_config(nano_folder) if nano_folder else None
         self.tokenizer = self._tokenizer()
@@ -88,6 +88,9 @@ class VLMTask(Task):
 
     def initial_weights(self) -> str | None:
         return self.checkpoint_weights
+
+    def read_weights(self, source: str) -> dict[str, torch.Tensor] | None:
+        return nanovlm.read_ember_weights(source)  # None unless source is a nanoVLM folder
 
     def _tokenizer(self):
         cfg = self.cfg
