@@ -161,7 +161,7 @@ def test_deepspeed_from_the_command_line_exits_2(tiny_model_dir, tmp_path, capsy
     assert "distributed_strategy" in err and "fsdp" in err
 
 
-@pytest.mark.parametrize("key, value, pointer", [("use_galore", True, "lora"), ("reward_model", "rm_out", "PPO")])
+@pytest.mark.parametrize("key, value, pointer", [("use_llama_pro", True, "freeze"), ("reward_model", "rm_out", "PPO")])
 def test_keys_that_would_change_the_result_are_refused_with_a_pointer(make_config, key, value, pointer):
     with pytest.raises(ConfigError, match=key) as err:
         make_config(**{key: value})

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .eval_command import parse_eval_command
+from .method_checks import check_methods
 from .schema import FAMILY_GROUPS, TrainConfig
 from .schema_base import Group
 
@@ -54,12 +55,14 @@ def check_consistency(cfg: TrainConfig) -> None:
         if cfg.pure_bf16:
             raise ConfigError("pure_bf16 would cast the quantized base; use bf16 (autocast) with qlora")
     elif cfg.quantization_bit is not None:
-        raise ConfigError(f"quantization_bit is set but finetuning_type is {cfg.finetuning_type}; "
-                          "use finetuning_type: qlora to train adapters on a quantized base")
+        # finetuning_type lora + quantization_bit is read as qlora when the sources are merged (loader)
+        raise ConfigError(f"quantization_bit is set but finetuning_type is {cfg.finetuning_type}; a quantized base "
+                          "trains only through adapters: use finetuning_type: lora")
     if cfg.packing and cfg.stage != "sft":
         raise ConfigError("packing applies to stage sft; stage pt always fills cutoff_len blocks")
-    if cfg.adapter_name_or_path and cfg.finetuning_type not in ("lora", "qlora"):
-        raise ConfigError("adapter_name_or_path needs finetuning_type lora or qlora")
+    if cfg.adapter_name_or_path and cfg.finetuning_type not in ("lora", "qlora", "oft"):
+        raise ConfigError("adapter_name_or_path needs finetuning_type lora, qlora or oft")
+    check_methods(cfg)
     if cfg.eval_command:
         parse_eval_command(cfg.eval_command)  # refuses a template a path could turn into code
     if cfg.optim == "adamw_8bit" and cfg.pure_bf16:

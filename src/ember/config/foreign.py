@@ -30,23 +30,32 @@ NO_EFFECT = {
     "print_param_status": "the trainable-parameter summary is always printed",
     "dataloader_pin_memory": "pinned memory is used whenever the device is a GPU",
     "mix_strategy": "datasets are concatenated",
-    "buffer_size": "streaming is not used",
-    "streaming": "datasets are read from local files",
-    "tokenized_path": "tokenisation is cached by the datasets library",
+    "buffer_size": "streaming reads the files in ember's seeded order, not through a shuffle buffer",
 }
 
 # refused: what to use instead
 INSTEAD = {
     "deepspeed": "ember shards with PyTorch FSDP2: use distributed_strategy: fsdp",
     "fsdp": "use distributed_strategy: fsdp",
-    "use_galore": "GaLore is not available; use finetuning_type: lora",
-    "use_badam": "BAdam is not available; use finetuning_type: freeze or lora",
-    "use_apollo": "APOLLO is not available; use optim: adamw",
     "reward_model": "PPO is not available; stages are pt, sft, rm, dpo, orpo and simpo",
     "use_llama_pro": "LLaMA Pro block expansion is not available; use finetuning_type: freeze",
-    "pissa_init": "PiSSA initialisation is not available; use finetuning_type: lora",
     "shift_attn": "shifted sparse attention is not available",
     "rope_scaling": "set rope_scaling in the model's config.json (model_config)",
+    # LLaMA-Factory's multimodal models (Qwen-VL, LLaVA, ...): ember's VLM is nanoVLM's architecture
+    "image_max_pixels": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "video_max_pixels": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "image_min_pixels": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "video_min_pixels": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "video_fps": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "video_maxlen": "LLaMA-Factory's multimodal models are not trained by ember; its VLM is nanoVLM's (task: vlm)",
+    "freeze_vision_tower": "for ember's VLM use task: vlm with lr_vision_backbone: 0 to freeze the vision encoder",
+    "freeze_multi_modal_projector": "for ember's VLM use task: vlm with lr_mp: 0 to freeze the projector",
+    "freeze_language_model": "for ember's VLM use task: vlm with lr_language_backbone: 0 to freeze the decoder",
+    "ray_num_workers": "Ray is not used; start several processes with nproc_per_node (torchrun)",
+    "export_quantization_bit": "GPTQ export is not available; ember export writes the merged model in full precision",
+    "export_quantization_dataset": "GPTQ export is not available; ember export writes the merged model in full precision",
+    "create_new_adapter": "continuing adapter_name_or_path trains that adapter; merge it first (ember export) "
+                          "to start a new one on top",
 }
 
 
@@ -61,3 +70,13 @@ def take_foreign_keys(raw: dict[str, Any]) -> dict[str, Any]:
             continue
         kept[key] = value
     return kept
+
+
+def read_qlora_spelling(merged: dict[str, Any]) -> dict[str, Any]:
+    """LLaMA-Factory writes QLoRA as `finetuning_type: lora` plus `quantization_bit: 4|8` (its own
+    examples/train_qlora do): read over all sources at once, since the two keys may come from
+    different ones (a YAML's lora, a command line's quantization_bit=4)."""
+    bits = merged.get("quantization_bit")
+    if merged.get("finetuning_type") == "lora" and bits is not None and str(bits).lower() not in ("none", "null", ""):
+        return {**merged, "finetuning_type": "qlora"}
+    return merged

@@ -9,9 +9,10 @@ from pydantic import ValidationError
 from .aliases import ALIASES, expand_aliases
 from .checks import check_consistency
 from .errors import ConfigError
-from .foreign import take_foreign_keys
+from .foreign import INSTEAD, NO_EFFECT, read_qlora_spelling, take_foreign_keys
 from .parse import read_sources
 from .schema import TrainConfig, field_names
+from .suggest import closest_key
 
 
 def load_config(args: list[str]) -> TrainConfig:
@@ -26,6 +27,7 @@ def build_config(*sources: dict[str, Any]) -> TrainConfig:
         raw = take_foreign_keys(raw)
         _reject_unknown(raw)
         merged.update(expand_aliases(raw))
+    merged = read_qlora_spelling(merged)
     try:
         config = TrainConfig.model_validate(merged)
     except ValidationError as err:
@@ -38,8 +40,8 @@ def _reject_unknown(raw: dict[str, Any]) -> None:
     known = set(field_names()) | set(ALIASES)
     for key in raw:
         if not isinstance(key, str) or key not in known:
-            close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            close = closest_key(str(key), sorted(known | set(NO_EFFECT) | set(INSTEAD)))
+            hint = f" (did you mean '{close}'?)" if close else ""
             raise ConfigError(f"unknown key '{key}'{hint}; `ember train --help` lists every key")
 
 

@@ -13,6 +13,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..tasks import FAMILIES, family_key_groups
 from .errors import ConfigError
+from .method_keys import AdapterMethodsGroup, OptimizerMethodsGroup
 from .schema_base import Group
 
 SCHEDULERS = (
@@ -26,7 +27,7 @@ class TaskGroup(Group):
     """Task and model"""
     task: Literal[tuple(FAMILIES)] = Field("causal_lm", description="which model family to train")  # type: ignore[valid-type]
     stage: Literal["pt", "sft", "rm", "dpo", "orpo", "simpo", "kto"] = Field("pt", description="pt = pretraining on raw text; sft = supervised fine-tuning on conversations; rm = reward model, dpo (orpo, simpo) = preference training, both on ranking datasets; kto = on answers tagged desirable or not (kto_tag)")
-    finetuning_type: Literal["full", "freeze", "lora", "qlora"] = Field("full", description="which weights train: all, some layers, LoRA adapters, or LoRA on a quantized base")
+    finetuning_type: Literal["full", "freeze", "lora", "qlora", "oft"] = Field("full", description="which weights train: all, some layers, LoRA adapters, LoRA on a quantized base (also lora + quantization_bit, as LLaMA-Factory writes it), or orthogonal adapters (OFT)")
     do_train: bool = Field(True, description="accepted for LLaMA-Factory YAMLs; ember train always trains")
     model_name_or_path: str | None = Field(None, description="local HF model folder to start from")
     model_config_: str | None = Field(None, alias="model_config", description="preset name or path to an HF config.json: train from random init")
@@ -44,9 +45,16 @@ class DataGroup(Group):
     val_size: float = Field(0.0, ge=0, description="held-out validation part: a fraction (<1) or a count of documents")
     preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for tokenisation (datasets num_proc)")
     overwrite_cache: bool = Field(False, description="rebuild the tokenisation cache")
+    tokenized_path: str | None = Field(None, description="folder for the tokenised training (and validation) set: saved there by the first run, reused by later ones (as in LLaMA-Factory; delete it after changing the data or template)")
+    streaming: bool = Field(False, description="read the dataset files lazily instead of loading them whole (LLaMA-Factory's streaming)")
     dataloader_num_workers: int = Field(0, ge=0, description="worker processes feeding batches")
-    template: str | None = Field(None, description="sft chat format when the tokenizer has no chat_template: default, chatml, empty")
-    packing: bool = Field(False, description="sft: pack several samples per sequence, isolated by position_ids")
+    template: str | None = Field(None, description="LLaMA-Factory chat template name (qwen3, llama3, ...); unset: the tokenizer's own chat_template, else empty")
+    tool_format: str | None = Field(None, description="tool-call format instead of the template's: default, qwen, llama3, mistral, glm4")
+    default_system: str | None = Field(None, description="system prompt replacing the template's default one")
+    enable_thinking: bool | None = Field(True, description="reasoning templates (qwen3): empty thoughts added to answers are trained on; false: part of the prompt")
+    preserve_thinking: bool = Field(False, description="reasoning templates with mask_history: keep the thoughts of earlier turns")
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="sft: a sample longer than cutoff_len is cut as LLaMA-Factory does (truncate) or left out (drop)")
+    packing: bool | None = Field(None, description="sft: pack several samples per sequence, isolated by position_ids; pt: packed unless false (then one truncated document per sample)")
     train_on_prompt: bool = Field(False, description="sft: also compute loss on prompt tokens")
     mask_history: bool = Field(False, description="sft: train only on the last assistant turn of each conversation")
 
@@ -191,7 +199,7 @@ FAMILY_GROUPS: dict[str, type[Group]] = family_key_groups()
 
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup, DistributedGroup, *FAMILY_GROUPS.values(),
+    FinetuneGroup, AdapterMethodsGroup, OptimizerMethodsGroup, DistributedGroup, *FAMILY_GROUPS.values(),
 )
 
 
