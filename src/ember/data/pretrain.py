@@ -1,16 +1,17 @@
-"""Pretraining data: documents joined with EOS into one token stream, cut into cutoff_len blocks.
+"""Pretraining data, as LLaMA-Factory 0.9.5 builds it: each document + the EOS text, tokenised;
+then, per batch of preprocessing_batch_size documents (1000), the tokens joined and cut into
+cutoff_len blocks, the remainder shorter than a block dropped. With `packing: false` each document
+is one sample instead, truncated to cutoff_len.
 
-Nothing is thrown away: the tail shorter than a block becomes a last, shorter block (padding
-carries no loss). The counts of documents, tokens read and tokens trained on are logged so a
-user can see what the model actually saw.
+The EOS text is the tokenizer's eos_token after the template changed it (qwen3_nothink:
+<|im_end|>); with template llama3 it is the literal "<|end_of_text|>", as in LLaMA-Factory, even
+where that is not one token. The counts of documents, tokens and dropped tokens are logged.
 """
 from __future__ import annotations
 
 import logging
 
 import datasets
-import numpy as np
-import pyarrow.compute as pc
 import torch
 from torch.utils.data import Dataset
 
@@ -18,50 +19,70 @@ from ..config.errors import ConfigError
 from .labels import IGNORE
 
 log = logging.getLogger("ember")
+BATCH_DOCUMENTS = 1000  # LLaMA-Factory's preprocessing_batch_size: remainders are dropped per batch
 
 
-def tokenize_documents(texts: datasets.Dataset, tokenizer, num_proc: int | None, overwrite_cache: bool) -> tuple[np.ndarray, int]:
-    """All documents → one flat array of token ids, each document followed by EOS."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
+def eos_text(tokenizer, template_name: str | None) -> str:
+    if template_name == "llama3":
+        return "<|end_of_text|>"
+    if tokenizer.eos_token is None:
         raise ConfigError("the tokenizer has no eos_token; pretraining needs one to separate documents")
+    return tokenizer.eos_token
+
+
+def encode_documents(texts: datasets.Dataset, tokenizer, cfg, eos: str) -> datasets.Dataset:
+    """Rows of input_ids: cutoff_len blocks (packing) or one truncated document each; plus how many
+    tokens each batch read, for the log."""
+    block = cfg.cutoff_len
+    bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
+    pack = cfg.packing is not False
 
     def encode(batch):
-        ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [x + [eos] for x, text in zip(ids, batch["text"]) if text and text.strip()]}
+        docs = [text + eos for text in batch["text"]]
+        if not pack:
+            docs = [bos + d for d in docs] if bos else docs
+            ids = tokenizer(docs, add_special_tokens=False, truncation=True, max_length=block)["input_ids"]
+            return {"input_ids": ids, "read": [len(i) for i in ids]}
+        stream = [t for ids in tokenizer(docs, add_special_tokens=False)["input_ids"] for t in ids]
+        blocks = [stream[i:i + block] for i in range(0, len(stream) // block * block, block)]
+        if bos:  # LLaMA-Factory overwrites each block's first token with BOS
+            blocks = [[tokenizer.bos_token_id] + b[1:] for b in blocks]
+        return {"input_ids": blocks, "read": [len(stream)] + [0] * (len(blocks) - 1) if blocks else []}
 
-    tokenized = texts.map(encode, batched=True, num_proc=num_proc, remove_columns=texts.column_names,
-                          load_from_cache_file=not overwrite_cache, desc="tokenising")
-    if len(tokenized) == 0:
-        raise ConfigError("every document is empty after reading; check the dataset's text column")
-    flat = pc.list_flatten(tokenized.data.column("input_ids"))
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.int64), len(tokenized)
+    return texts.map(encode, batched=True, batch_size=BATCH_DOCUMENTS, num_proc=cfg.preprocessing_num_workers,
+                     remove_columns=texts.column_names, load_from_cache_file=not cfg.overwrite_cache,
+                     desc="tokenising")
 
 
 class BlockDataset(Dataset):
-    """Consecutive cutoff_len slices of one token stream; the last slice may be shorter."""
+    """The encoded samples (blocks or documents) as tensors."""
 
-    def __init__(self, tokens: np.ndarray, block_len: int):
-        self.tokens = torch.from_numpy(tokens)
-        self.block_len = block_len
+    def __init__(self, encoded: datasets.Dataset):
+        self.rows = encoded.with_format("torch", columns=["input_ids"])
 
     def __len__(self) -> int:
-        return -(-len(self.tokens) // self.block_len)
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        return self.tokens[index * self.block_len:(index + 1) * self.block_len]
+        return self.rows[index]["input_ids"]
 
 
-def build_blocks(texts: datasets.Dataset, tokenizer, cfg, label: str) -> BlockDataset:
-    tokens, documents = tokenize_documents(texts, tokenizer, cfg.preprocessing_num_workers, cfg.overwrite_cache)
-    blocks = BlockDataset(tokens, cfg.cutoff_len)
-    tail = len(tokens) % cfg.cutoff_len
-    log.info("%s: %d documents, %d tokens → %d blocks of %d tokens%s; nothing is dropped: every token but "
-             "each block's first (%d) is a prediction target", label, documents, len(tokens), len(blocks),
-             cfg.cutoff_len, f" (the last holds {tail})" if tail else "", len(tokens) - len(blocks))
-    return blocks
+def build_blocks(texts: datasets.Dataset, tokenizer, cfg, label: str, template_name: str | None = None) -> BlockDataset:
+    encoded = encode_documents(texts, tokenizer, cfg, eos_text(tokenizer, template_name))
+    if len(encoded) == 0:
+        raise ConfigError(f"{label}: the documents hold fewer tokens than one block of cutoff_len {cfg.cutoff_len}")
+    kept = sum(len(ids) for ids in encoded["input_ids"])
+    if cfg.packing is False:
+        log.info("%s: %d documents, each one sample of at most %d tokens (%d tokens)", label, len(texts),
+                 cfg.cutoff_len, kept)
+    else:
+        read = sum(encoded["read"])
+        log.info("%s: %d documents, %d tokens → %d blocks of %d tokens; %d tokens dropped (the remainder of each "
+                 "batch of %d documents, as LLaMA-Factory)", label, len(texts), read, len(encoded), cfg.cutoff_len,
+                 read - kept, BATCH_DOCUMENTS)
+    return BlockDataset(encoded)
 
 
 def collate_blocks(pad_id: int):

@@ -1,8 +1,12 @@
-"""Supervised fine-tuning data: alpaca and sharegpt rows → chat messages → token ids and labels.
+"""Supervised fine-tuning data, as LLaMA-Factory 0.9.5 builds it: alpaca and sharegpt rows → a
+conversation (messages, system, tools) → the template's (source, target) ids per exchange →
+truncated to cutoff_len → input_ids and labels.
 
-Labels cover assistant tokens only (prompt tokens are -100), every assistant turn of a
-multi-turn conversation included. Column and role names follow LLaMA-Factory's
-dataset_info.json `columns` and `tags`.
+Labels cover the answers (assistant and function_call turns; every turn's, or only the last one's
+with mask_history; the prompts too with train_on_prompt). Truncation is LLaMA-Factory's: exchange
+by exchange, infer_seqlen splits what is left of cutoff_len between source and target, each
+keeping its head; `overlong: drop` drops a sample that does not fit instead. Column and role names
+follow dataset_info.json `columns` and `tags`.
 """
 from __future__ import annotations
 
@@ -11,24 +15,18 @@ import logging
 import datasets
 
 from ..config.errors import ConfigError
+from .chat_template import DROPPED, OK, TRUNCATED, _tokenize, conversation_pieces, encode_conversation  # noqa: F401
+from .conversation import SHAREGPT_TAGS, Conversation, _columns, to_conversation
 from .labels import IGNORE
+from .media import refuse_media
 from .registry import DatasetSpec
+from .truncation import infer_seqlen
 
 log = logging.getLogger("ember")
-OK, TRUNCATED, DROPPED = 0, 1, 2
-
-SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
-                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
-
-
-def _columns(spec: DatasetSpec) -> dict:
-    if spec.formatting == "sharegpt":
-        return {"messages": "conversations", "system": None, **spec.columns}
-    return {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None,
-            **spec.columns}
-
+TOO_LONG, NO_ANSWER = 3, 4  # dropped: longer than cutoff_len (overlong: drop); no answer token left
 
 def check_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
+    refuse_media(ds, spec)
     cols = _columns(spec)
     required = [cols["messages"]] if spec.formatting == "sharegpt" else [cols["prompt"], cols["response"]]
     named = [cols[k] for k in ("system", "history") if cols.get(k)]  # optional, but must exist when named
@@ -89,74 +87,58 @@ def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
     return messages
 
 
-def encode_conversation(messages: list[dict], tokenizer, cutoff_len: int, train_on_prompt: bool = False,
-                        mask_history: bool = False) -> tuple[list[int], list[int], int]:
-    """Token ids and labels of one conversation (answers labelled), truncated to cutoff_len."""
-    pieces = conversation_pieces(messages, tokenizer, mask_history)
-    return label_pieces(pieces, _tokenize([text for text, _ in pieces], tokenizer), cutoff_len, train_on_prompt)
-
-
-def conversation_pieces(messages: list[dict], tokenizer, mask_history: bool = False) -> list[tuple[str, bool]]:
-    """The text rendered with the chat template, cut at each assistant turn's edges into
-    (text, is_supervised_answer) pieces, so prompt and answer are tokenized separately and no
-    token straddles an edge."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-    supervised = set(turns[-1:] if mask_history else turns)
-    pieces, cursor = [], 0
-    for i in turns:
-        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = text if i + 1 == len(messages) else tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
-        if not text.startswith(upto) or not upto.startswith(prefix) or len(prefix) < cursor:
-            raise ConfigError("the chat template does not render conversations turn by turn, so assistant "
-                              "tokens cannot be located; choose another template")
-        pieces += [(text[cursor:len(prefix)], False), (text[len(prefix):len(upto)], i in supervised)]
-        cursor = len(upto)
-    pieces.append((text[cursor:], False))
-    return [(piece, is_answer) for piece, is_answer in pieces if piece]
-
-
-def _tokenize(texts: list[str], tokenizer) -> list[list[int]]:
-    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-
-
-def label_pieces(pieces: list[tuple[str, bool]], piece_ids: list[list[int]], cutoff_len: int,
-                 train_on_prompt: bool = False) -> tuple[list[int], list[int], int]:
-    """Join the tokenized pieces, label the answers (everything with train_on_prompt), truncate."""
+def encode_sample(conversation: Conversation, template, tokenizer, cutoff_len: int, train_on_prompt: bool = False,
+                  mask_history: bool = False, overlong: str = "truncate") -> tuple[list[int], list[int], int]:
+    """(input_ids, labels, status) of one conversation, as LLaMA-Factory's supervised processor."""
+    pairs = template.encode_multiturn(tokenizer, conversation.messages, conversation.system, conversation.tools,
+                                      mask_history)
+    eos = tokenizer.eos_token_id
+    closing = 1 if template.efficient_eos else 0  # efficient_eos: one EOS ends the sample
+    if overlong == "drop" and closing + sum(len(s) + len(t) for s, t in pairs) > cutoff_len:
+        return [], [], TOO_LONG
+    if mask_history:
+        pairs = pairs[::-1]  # the last exchange is kept first, the earlier ones as room allows
     ids: list[int] = []
     labels: list[int] = []
-    for (_, is_answer), part in zip(pieces, piece_ids):
-        ids += part
-        labels += part if (is_answer or train_on_prompt) else [IGNORE] * len(part)
-    status = OK
-    if len(ids) > cutoff_len:
-        ids, labels = ids[:cutoff_len], labels[:cutoff_len]
-        status = TRUNCATED
-    if all(label == IGNORE for label in labels[1:]):  # the first token is never predicted
-        status = DROPPED
+    total, status = closing, OK
+    for turn, (source, target) in enumerate(pairs):
+        if total >= cutoff_len:
+            status = TRUNCATED
+            break
+        source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - total)
+        if (source_len, target_len) != (len(source), len(target)):
+            status = TRUNCATED
+        source, target = source[:source_len], target[:target_len]
+        total += source_len + target_len
+        if train_on_prompt:
+            source_labels = source
+        elif template.efficient_eos and turn != 0:  # the previous answer's EOS, written as this source's head
+            source_labels = [eos] + [IGNORE] * (source_len - 1)
+        else:
+            source_labels = [IGNORE] * source_len
+        target_labels = [IGNORE] * target_len if mask_history and turn != 0 else target
+        if mask_history:
+            ids, labels = source + target + ids, source_labels + target_labels + labels
+        else:
+            ids, labels = ids + source + target, labels + source_labels + target_labels
+    if template.efficient_eos:
+        ids, labels = ids + [eos], labels + [eos]
+    if all(label == IGNORE for label in labels[1:]):  # nothing to learn from: the first token is never predicted
+        status = NO_ANSWER
     return ids, labels, status
 
 
-def encode_sft(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
+def encode_sft(ds: datasets.Dataset, spec: DatasetSpec, template, tokenizer, cfg) -> datasets.Dataset:
+    """Encoded rows (input_ids, labels) in dataset order; the dropped and cut ones counted in the log."""
     check_columns(ds, spec)
+    overlong = getattr(cfg, "overlong", "truncate")
 
     def encode(batch):
-        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        conversations = [to_messages(row, spec) for row in rows]
-        pieces = [conversation_pieces(m, tokenizer, cfg.mask_history) if m is not None else None
-                  for m in conversations]
-        # one tokenizer call for every piece of the batch: the fast tokenizer's batch path
-        # runs in Rust, where one call per piece would pay Python's overhead each time
-        flat = _tokenize([text for row in pieces if row is not None for text, _ in row], tokenizer)
         out = {"input_ids": [], "labels": [], "status": []}
-        start = 0
-        for row in pieces:
-            if row is None:  # malformed
-                ids, labels, status = [], [], DROPPED
-            else:
-                ids, labels, status = label_pieces(row, flat[start:start + len(row)], cfg.cutoff_len,
-                                                   cfg.train_on_prompt)
-                start += len(row)
+        for values in zip(*batch.values()):
+            conversation = to_conversation(dict(zip(batch, values)), spec)
+            ids, labels, status = ([], [], DROPPED) if conversation is None else encode_sample(
+                conversation, template, tokenizer, cfg.cutoff_len, cfg.train_on_prompt, cfg.mask_history, overlong)
             out["input_ids"].append(ids)
             out["labels"].append(labels)
             out["status"].append(status)
@@ -164,13 +146,21 @@ def encode_sft(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datas
 
     encoded = ds.map(encode, batched=True, num_proc=cfg.preprocessing_num_workers, remove_columns=ds.column_names,
                      load_from_cache_file=not cfg.overwrite_cache, desc=f"encoding {spec.name}")
-    status = encoded["status"]
-    truncated, dropped = sum(s == TRUNCATED for s in status), sum(s == DROPPED for s in status)
-    if truncated or dropped:
-        log.warning("dataset '%s': %d of %d samples cut at cutoff_len %d; %d dropped (malformed, or nothing of "
-                    "the answer left within cutoff_len)", spec.name, truncated, len(status), cfg.cutoff_len, dropped)
-    kept = encoded.filter(lambda s: [x != DROPPED for x in s], input_columns="status", batched=True)
+    log_counts(spec.name, encoded["status"], cfg.cutoff_len, overlong)
+    kept = encoded.filter(lambda s: [x in (OK, TRUNCATED) for x in s], input_columns="status", batched=True)
     if len(kept) == 0:
-        raise ConfigError(f"dataset '{spec.name}': no usable samples (all {len(status)} dropped: malformed rows, "
+        raise ConfigError(f"dataset '{spec.name}': no usable samples (all {len(encoded)} dropped: malformed rows, "
                           f"e.g. a null answer, or no answer left within cutoff_len {cfg.cutoff_len})")
     return kept.remove_columns("status")
+
+
+def log_counts(name: str, status: list[int], cutoff_len: int, overlong: str) -> None:
+    """One line: how many samples were kept whole, cut, and dropped (and why)."""
+    count = {s: status.count(s) for s in (OK, TRUNCATED, DROPPED, TOO_LONG, NO_ANSWER)}
+    line = f"dataset '{name}': {len(status)} rows, {count[OK]} kept whole, {count[TRUNCATED]} cut to cutoff_len {cutoff_len}"
+    dropped = count[DROPPED] + count[TOO_LONG] + count[NO_ANSWER]
+    if dropped:
+        reasons = [f"{count[DROPPED]} malformed", f"{count[TOO_LONG]} longer than cutoff_len (overlong: drop)",
+                   f"{count[NO_ANSWER]} with no answer token left"]
+        line += f", {dropped} dropped ({', '.join(r for r in reasons if not r.startswith('0 '))})"
+    (log.warning if dropped or count[TRUNCATED] else log.info)("%s", line)

@@ -13,7 +13,7 @@ from ...data.pretrain import build_blocks, collate_blocks
 from ...data.readers import read_dataset, text_column
 from ...data.registry import resolve_datasets
 from ...data.sft import encode_sft
-from ...data.templates import ensure_chat_template
+from ...data.templates import ensure_chat_template, load_template
 from ...engine.optim import default_param_groups
 from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning
@@ -39,8 +39,10 @@ class CausalLMTask(Task):
                               "(make one with `ember tokenizer`)")
         key = "tokenizer_name_or_path" if cfg.tokenizer_name_or_path else "model_name_or_path"
         self.tokenizer = load_tokenizer(source, key, cfg.trust_remote_code)
-        if cfg.stage != "pt":
-            ensure_chat_template(self.tokenizer, cfg.template)
+        # LLaMA-Factory's template: it also changes the tokenizer (eos, stop words, chat_template)
+        self.template = load_template(self.tokenizer, cfg)
+        if cfg.stage not in ("pt", "sft"):  # the preference stages still render the chat_template
+            ensure_chat_template(self.tokenizer, None)
         # the stages on answer pairs: their loss (and reference model), else None
         self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else KTOObjective(cfg) if cfg.stage == "kto" else
                       PreferenceObjective(cfg) if cfg.stage in ("dpo", "orpo", "simpo") else None)
@@ -59,10 +61,10 @@ class CausalLMTask(Task):
         if cfg.stage == "pt":
             texts = [text_column(ds, spec) for spec, ds in parts]
             joined = datasets.concatenate_datasets(texts) if len(texts) > 1 else texts[0]
-            return build_blocks(joined, self.tokenizer, cfg, label)
+            return build_blocks(joined, self.tokenizer, cfg, label, cfg.template)
         if self.pairs is not None:
             return build_pair_dataset(parts, self.tokenizer, cfg, label)
-        encoded = [encode_sft(ds, spec, self.tokenizer, cfg) for spec, ds in parts]
+        encoded = [encode_sft(ds, spec, self.template, self.tokenizer, cfg) for spec, ds in parts]
         joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
         return build_sft_dataset(joined, cfg.cutoff_len, cfg.packing, label)
 

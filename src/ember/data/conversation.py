@@ -1,0 +1,84 @@
+"""A dataset row → a conversation, as LLaMA-Factory's alpaca and sharegpt converters read it.
+
+alpaca: history pairs, then prompt and query joined by a newline as the user turn, the response
+(a string) as the answer; system and tools columns when mapped. sharegpt: turns alternate
+user-side (human, observation) and assistant-side (gpt, function_call), an even count ending with
+an assistant-side turn; a leading system turn is the system text; a `tools` column (JSON list of
+function schemas) is described by the template's tool format.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .registry import DatasetSpec
+
+SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt",
+                 "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
+
+
+def _columns(spec: DatasetSpec) -> dict:
+    if spec.formatting == "sharegpt":
+        return {"messages": "conversations", "system": None, **spec.columns}
+    return {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None,
+            **spec.columns}
+
+
+
+@dataclass
+class Conversation:
+    messages: list[dict]  # {"role": user|assistant|observation|function, "content": str}
+    system: str = ""
+    tools: str = ""  # JSON text of the tool schemas, "" for none
+
+
+def _text(row: dict, column: str | None) -> str:
+    value = row.get(column) if column else None
+    return value if isinstance(value, str) else ""
+
+
+def to_conversation(row: dict, spec: DatasetSpec) -> Conversation | None:
+    """The row's conversation, or None for a row LLaMA-Factory would skip as malformed."""
+    cols = _columns(spec)
+    messages = _sharegpt_messages(row, spec, cols) if spec.formatting == "sharegpt" else _alpaca_messages(row, cols)
+    if messages is None:
+        return None
+    messages, system = messages
+    if len(messages) < 2 or len(messages) % 2:
+        return None
+    return Conversation(messages, system if system is not None else _text(row, cols.get("system")),
+                        _text(row, cols.get("tools")))
+
+
+def _alpaca_messages(row: dict, cols: dict):
+    messages = []
+    history = row.get(cols["history"]) if cols.get("history") else None
+    for pair in history if isinstance(history, list) else []:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return None
+        messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+    query = [row[cols[k]] for k in ("prompt", "query") if cols.get(k) and row.get(cols[k])]
+    response = row.get(cols["response"])
+    if not isinstance(response, str):  # no answer: LLaMA-Factory's "unsupervised" row, skipped in sft
+        return None
+    return messages + [{"role": "user", "content": "\n".join(map(str, query))},
+                       {"role": "assistant", "content": response}], None
+
+
+def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict):
+    tags = {**SHAREGPT_TAGS, **spec.tags}
+    roles = {tags["user_tag"]: "user", tags["observation_tag"]: "observation",
+             tags["assistant_tag"]: "assistant", tags["function_tag"]: "function"}
+    sides = ({tags["user_tag"], tags["observation_tag"]}, {tags["assistant_tag"], tags["function_tag"]})
+    turns = row.get(cols["messages"]) or []
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        return None
+    system = None
+    if turns and turns[0].get(tags["role_tag"]) == tags["system_tag"]:
+        system, turns = str(turns[0].get(tags["content_tag"]) or ""), turns[1:]
+    messages = []
+    for i, turn in enumerate(turns):
+        role = turn.get(tags["role_tag"])
+        if role not in sides[i % 2]:
+            return None
+        messages.append({"role": roles[role], "content": str(turn.get(tags["content_tag"]) or "")})
+    return messages, system
