@@ -1,12 +1,11 @@
-"""Building blocks of the causal 3D VAE. Every block is causal in time: an output frame sees only
-its own and earlier input frames, so a video's first latent never depends on what comes later.
+"""Open-Sora-Plan's CausalVAE building blocks (opensora/models/causalvideovae/model/modules, commit
+f7fa604): convolutions, residual blocks and attention, with its parameter names, so its checkpoints
+load as they are and give the same numbers.
 
-Every resampling block adds its convolution to a parameter-free shortcut (an average when
-shrinking, a copy when growing), as residual blocks add theirs to the identity, and a width
-change starts as the channel shortcut (copies or averages of channels): a clip's colours and
-coarse layout reach the latent and come back from it from the first step, instead of having to
-be learned through a chain of random convolutions (the "residual autoencoding" of DC-AE, Chen et
-al. 2024; Open-Sora-Plan's TimeDownsampleRes2x does the same in time).
+Two kinds of layer sit side by side, as in the reference: per-frame 2D layers (time folded into
+the batch) and causal 3D layers (time padded on the past side with copies of the first frame).
+GroupNorm is torch's own: in a 3D block its statistics span the clip's frames, as the reference's
+do (only the per-frame 2D blocks normalise each frame alone).
 
 Tensors are (batch, channels, time, height, width) throughout: x_bcthw.
 """
@@ -17,132 +16,153 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class CausalConv3d(nn.Module):
-    """A 3D convolution padded only on the past side of time, with copies of the first frame
-    (not zeros, so a still video stays still and the first frame is encoded as if alone)."""
+def per_frame(fn, x_bcthw: torch.Tensor) -> torch.Tensor:
+    """Apply a 2D (b, c, h, w) function to every frame of a clip (frames folded into the batch)."""
+    b, _, t = x_bcthw.shape[:3]
+    x_nchw = x_bcthw.transpose(1, 2).flatten(0, 1)
+    y_nchw = fn(x_nchw)
+    return y_nchw.unflatten(0, (b, t)).transpose(1, 2)
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+
+def swish(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(x)
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over channels at every position (the reference's norm_type "layernorm"): unlike
+    GroupNorm over a 3D block it never mixes frames, so such a VAE is causal throughout."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
         super().__init__()
-        self.time_pad = kernel_size - 1
-        self.conv = nn.Conv3d(in_channels, out_channels, kernel_size, padding=(0, kernel_size // 2, kernel_size // 2))
+        self.norm = nn.LayerNorm(channels, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+
+
+def normalize(channels: int, norm_type: str = "groupnorm") -> nn.Module:
+    """The reference's Normalize: 32 groups, eps 1e-6 (so every width is a multiple of 32)."""
+    if norm_type == "layernorm":
+        return ChannelLayerNorm(channels)
+    return nn.GroupNorm(32, channels, eps=1e-6)
+
+
+class Conv2d(nn.Conv2d):
+    """A 2D convolution applied to each frame of a clip (the reference's Conv2d with video_to_image)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_frame(super().forward, x) if x.dim() == 5 else super().forward(x)
+
+
+class CausalConv3d(nn.Module):
+    """A 3D convolution whose past side in time is padded with copies of the first frame (never
+    the future): output frame t sees input frames up to t only. Height and width are zero-padded
+    by `padding`, time never (the reference sets its time padding to 0)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0, bias: bool = True):
+        super().__init__()
+        kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size,) * 3
+        stride = tuple(stride) if isinstance(stride, (tuple, list)) else (stride,) * 3
+        pad = list(padding) if isinstance(padding, (tuple, list)) else [padding] * 3
+        self.time_pad = kernel[0] - 1
+        self.conv = nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=(0, pad[1], pad[2]), bias=bias)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
         if self.time_pad:
-            first_bc1hw = x_bcthw[:, :, :1].expand(-1, -1, self.time_pad, -1, -1)
-            x_bcthw = torch.cat([first_bc1hw, x_bcthw], dim=2)
+            first = x_bcthw[:, :, :1].repeat(1, 1, self.time_pad, 1, 1)
+            x_bcthw = torch.cat([first, x_bcthw], dim=2)
         return self.conv(x_bcthw)
 
 
-class FrameGroupNorm(nn.GroupNorm):
-    """GroupNorm per frame: statistics over a whole clip would leak future frames into the past."""
+class ResnetBlock2D(nn.Module):
+    """norm → swish → conv → norm → swish → dropout → conv, plus the input (through a 1×1 conv
+    when the width changes), every frame on its own."""
 
-    def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x_bcthw.shape
-        x_btchw = x_bcthw.transpose(1, 2).reshape(b * t, c, h, w)
-        return super().forward(x_btchw).reshape(b, t, c, h, w).transpose(1, 2)
-
-
-def norm(channels: int) -> FrameGroupNorm:
-    return FrameGroupNorm(min(32, channels // 4) if channels >= 8 else 1, channels, eps=1e-6)
-
-
-def channel_map(c_in: int, c_out: int) -> torch.Tensor:
-    """(c_out, c_in) weights of the parameter-free channel shortcut: each output channel copies one
-    input channel (more channels out) or averages a run of consecutive ones (fewer out)."""
-    weights = torch.zeros(c_out, c_in)
-    for o in range(c_out):
-        sources = [i for i in range(c_in) if i * c_out // c_in == o] if c_in >= c_out else [o * c_in // c_out]
-        weights[o, sources] = 1.0 / len(sources)
-    return weights
-
-
-def channel_shortcut_(conv: nn.Conv3d) -> nn.Conv3d:
-    """A learned 1×1 convolution that starts as the channel shortcut."""
-    with torch.no_grad():
-        conv.weight.copy_(channel_map(conv.in_channels, conv.out_channels)[:, :, None, None, None])
-        conv.bias.zero_()
-    return conv
-
-
-class ResBlock3D(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, *, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 norm_type: str = "groupnorm"):
         super().__init__()
-        self.norm1, self.conv1 = norm(in_channels), CausalConv3d(in_channels, out_channels)
-        self.norm2, self.conv2 = norm(out_channels), CausalConv3d(out_channels, out_channels)
-        # a learned projection where the width changes, starting as the channel shortcut so the
-        # features' levels (a clip's colours) pass unmixed, like the resampling shortcuts
-        self.skip = (channel_shortcut_(nn.Conv3d(in_channels, out_channels, 1)) if in_channels != out_channels
-                     else nn.Identity())
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.norm1 = normalize(in_channels, norm_type)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = normalize(out_channels, norm_type)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1)
 
-    def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        h_bcthw = self.conv1(F.silu(self.norm1(x_bcthw)))
-        h_bcthw = self.conv2(F.silu(self.norm2(h_bcthw)))
-        return self.skip(x_bcthw) + h_bcthw
+    def _frames(self, x_nchw: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(swish(self.norm1(x_nchw)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        if self.in_channels != self.out_channels:
+            x_nchw = self.nin_shortcut(x_nchw)
+        return x_nchw + h
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_frame(self._frames, x) if x.dim() == 5 else self._frames(x)
 
 
-class FrameAttention(nn.Module):
-    """Self-attention over the pixels of each frame separately (causal by construction)."""
+class ResnetBlock3D(nn.Module):
+    """The same residual block with causal 3D convolutions (GroupNorm over the whole clip)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, *, in_channels: int, out_channels: int | None = None, dropout: float = 0.0,
+                 norm_type: str = "groupnorm"):
         super().__init__()
-        self.norm = norm(channels)
-        self.qkv = nn.Conv3d(channels, 3 * channels, 1)
-        self.out = nn.Conv3d(channels, channels, 1)
+        out_channels = out_channels or in_channels
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.norm1 = normalize(in_channels, norm_type)
+        self.conv1 = CausalConv3d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = normalize(out_channels, norm_type)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = CausalConv3d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.nin_shortcut = CausalConv3d(in_channels, out_channels, 1)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        b, c, t, h, w = x_bcthw.shape
-        qkv = self.qkv(self.norm(x_bcthw))  # b 3c t h w
-        q_btnc, k_btnc, v_btnc = (part.permute(0, 2, 3, 4, 1).reshape(b * t, h * w, c) for part in qkv.chunk(3, dim=1))
-        a_btnc = F.scaled_dot_product_attention(q_btnc, k_btnc, v_btnc)
-        a_bcthw = a_btnc.reshape(b, t, h, w, c).permute(0, 4, 1, 2, 3)
-        return x_bcthw + self.out(a_bcthw)
+        h = self.conv1(swish(self.norm1(x_bcthw)))
+        h = self.conv2(self.dropout(swish(self.norm2(h))))
+        if self.in_channels != self.out_channels:
+            x_bcthw = self.nin_shortcut(x_bcthw)
+        return x_bcthw + h
 
 
-class SpatialDownsample(nn.Module):
-    def __init__(self, channels: int):
+class AttnBlock3DFix(nn.Module):
+    """Single-head self-attention among the positions of each frame (frames never attend to each
+    other), 1×1×1 causal convs for q, k, v and the output, added to the input."""
+
+    def __init__(self, in_channels: int, norm_type: str = "groupnorm"):
         super().__init__()
-        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.norm = normalize(in_channels, norm_type)
+        self.q = CausalConv3d(in_channels, in_channels, 1)
+        self.k = CausalConv3d(in_channels, in_channels, 1)
+        self.v = CausalConv3d(in_channels, in_channels, 1)
+        self.proj_out = CausalConv3d(in_channels, in_channels, 1)
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        # ceil_mode: an odd side rounds up, as the strided convolution does
-        return self.conv(x_bcthw) + F.avg_pool3d(x_bcthw, (1, 2, 2), ceil_mode=True)
+        h = self.norm(x_bcthw)
+        b, c, t, hh, ww = x_bcthw.shape
+
+        def tokens(y_bcthw):  # (b·t, 1 head, h·w, c)
+            return y_bcthw.permute(0, 2, 3, 4, 1).reshape(b * t, 1, hh * ww, c)
+
+        out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
+        out_bcthw = out.reshape(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
+        return x_bcthw + self.proj_out(out_bcthw)
 
 
-class SpatialUpsample(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv3d(channels, channels, (1, 3, 3), padding=(0, 1, 1))
+class AttnBlock3D(AttnBlock3DFix):
+    """The reference's older attention block: the same parameters, but its q/k/v reshape reads a
+    (b, c, t, h, w) tensor as (b·t, c, h·w), which mixes frames and channels; kept as it is so
+    checkpoints trained with it give their numbers (the reference itself warns against it)."""
 
-    def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        up_bcthw = F.interpolate(x_bcthw, scale_factor=(1, 2, 2), mode="nearest")
-        return self.conv(up_bcthw) + up_bcthw
-
-
-class TimeDownsample(nn.Module):
-    """1 + 2k frames → 1 + k: the first frame passes alone, later frames are averaged in pairs
-    (frames 2j-1 and 2j become j), then a causal convolution adds what the average misses."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = CausalConv3d(channels, channels)
+    def __init__(self, in_channels: int, norm_type: str = "groupnorm"):
+        super().__init__(in_channels, "groupnorm")  # the reference ignores norm_type here
 
     def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        if x_bcthw.shape[2] > 1:
-            rest = F.avg_pool3d(x_bcthw[:, :, 1:], kernel_size=(2, 1, 1), stride=(2, 1, 1))
-            x_bcthw = torch.cat([x_bcthw[:, :, :1], rest], dim=2)
-        return self.conv(x_bcthw) + x_bcthw
-
-
-class TimeUpsample(nn.Module):
-    """1 + k frames → 1 + 2k: the first frame stays single, every later frame is doubled, then a
-    causal convolution adds what the copies miss."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = CausalConv3d(channels, channels)
-
-    def forward(self, x_bcthw: torch.Tensor) -> torch.Tensor:
-        if x_bcthw.shape[2] > 1:
-            rest = x_bcthw[:, :, 1:].repeat_interleave(2, dim=2)
-            x_bcthw = torch.cat([x_bcthw[:, :, :1], rest], dim=2)
-        return self.conv(x_bcthw) + x_bcthw
+        h = self.norm(x_bcthw)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        b, c, t, hh, ww = q.shape
+        q_nlc = q.reshape(b * t, c, hh * ww).transpose(1, 2)
+        weights = torch.softmax(torch.bmm(q_nlc, k.reshape(b * t, c, hh * ww)) * c ** -0.5, dim=2)
+        out = torch.bmm(v.reshape(b * t, c, hh * ww), weights.transpose(1, 2)).reshape(b, c, t, hh, ww)
+        return x_bcthw + self.proj_out(out)
