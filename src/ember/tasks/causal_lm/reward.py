@@ -16,17 +16,26 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from ...config.errors import ConfigError
 from ...engine.task import Loss
 from ...models.hf import read_model_config, refuse_custom_code, require_local_folder
+from ...models.quantized import disable_cpu_repacking, quantization_config
 from .pref_losses import pair_metrics, pairwise_reward_losses
 
 
 def load_reward_model(cfg, tokenizer) -> nn.Module:
-    if cfg.finetuning_type == "qlora":
-        raise ConfigError("stage rm with finetuning_type qlora is not available; use lora")
+    quantized = cfg.finetuning_type == "qlora"
+    if quantized and not cfg.model_name_or_path:
+        raise ConfigError("finetuning_type qlora quantizes pretrained weights: set model_name_or_path")
     if cfg.model_name_or_path:
         require_local_folder(cfg.model_name_or_path, "model_name_or_path")
         refuse_custom_code(cfg.model_name_or_path, "model_name_or_path", cfg.trust_remote_code)
+        # QLoRA: the decoder in k-bit; transformers keeps the new `score` head (the last module) unquantized
+        extra = {"quantization_config": quantization_config(cfg), "device_map": {"": "cpu"}} if quantized else {}
         model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model_name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code)
+            cfg.model_name_or_path, num_labels=1, dtype=torch.float32, trust_remote_code=cfg.trust_remote_code,
+            **extra)
+        if quantized:  # as load_quantized_causal_lm: the portable 4-bit layout, fp32 norms, input grads
+            from peft import prepare_model_for_kbit_training
+            disable_cpu_repacking(model)
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     else:
         data = read_model_config(cfg.model_config_)
         data.update(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
