@@ -174,11 +174,13 @@ def mismatches(own: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]) -
     return "; ".join(parts)
 
 
-def strict_load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, what: str = "VAE") -> None:
+def strict_load(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, check_only: bool = False) -> None:
+    """Every name and shape the same, or one line naming what differs (check_only: names and shapes alone, e.g. of a model on the meta device)."""
     problems = mismatches(module.state_dict(), tensors)
     if problems:
-        raise ConfigError(f"the {what} weights in {source} do not fit the model ({problems})")
-    module.load_state_dict(tensors)
+        raise ConfigError(f"the VAE weights in {source} do not fit the model ({problems})")
+    if not check_only:
+        module.load_state_dict(tensors)
 
 
 def task_model_tensors(model: torch.nn.Module, source: str, ignore_mismatched_sizes: bool = False) -> dict:

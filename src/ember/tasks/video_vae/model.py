@@ -163,6 +163,12 @@ class Decoder(nn.Module):
         return self.conv_out(swish(self.norm_out(h)))
 
 
+def _as_config(config) -> CausalVAEConfig:
+    if isinstance(config, dict):
+        return CausalVAEConfig.from_dict(config)
+    return config if isinstance(config, CausalVAEConfig) else CausalVAEConfig.from_spec(str(config))
+
+
 def repeated_blocks(vae: "CausalVAE") -> list[nn.Module]:
     """The residual and attention blocks of the encoder and decoder, in forward order: where a
     VAE's activations are (full-resolution feature maps), and what gradient_checkpointing recomputes."""
@@ -222,11 +228,7 @@ class CausalVAE(nn.Module):
     @classmethod
     def from_config(cls, config: "str | Path | dict | CausalVAEConfig") -> "CausalVAE":
         """A randomly initialised VAE from a config.json path (or folder, or preset name) or a dict."""
-        if isinstance(config, dict):
-            config = CausalVAEConfig.from_dict(config)
-        elif not isinstance(config, CausalVAEConfig):
-            config = CausalVAEConfig.from_spec(str(config))
-        return cls(config)
+        return cls(_as_config(config))
 
     @classmethod
     def from_pretrained(cls, source: str | Path, config=None) -> "CausalVAE":
@@ -234,6 +236,10 @@ class CausalVAE(nn.Module):
         checkpoint, a bare state dict, a MindSpore .ckpt, ember's export or checkpoint). A file
         alone takes its config from `config`, a config.json beside it, or else the 488 preset."""
         from .checkpoint_forms import config_for, read_vae_weights, strict_load
-        model = cls.from_config(config if config is not None else config_for(source))
-        strict_load(model, read_vae_weights(source).vae, str(source))
+        config = _as_config(config if config is not None else config_for(source))
+        weights = read_vae_weights(source).vae
+        with torch.device("meta"):  # names and shapes first: a misfit stops before any allocation
+            strict_load(cls(config), weights, str(source), check_only=True)
+        model = cls(config)
+        strict_load(model, weights, str(source))
         return model
