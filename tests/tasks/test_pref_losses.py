@@ -14,8 +14,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ember.tasks.causal_lm.pref_losses import (dpo_losses, orpo_losses, pair_metrics, pairwise_reward_losses,
-                                               simpo_losses)
+from ember.tasks.causal_lm.pref_losses import (dpo_losses, kto_pair_losses, orpo_losses, pair_metrics,
+                                               pairwise_reward_losses, simpo_losses)
 
 pytest.importorskip("trl")
 TOL = 1e-6
@@ -191,3 +191,25 @@ def test_kto_equals_trl(weights):
     assert abs(kl.item() - logged["kl"]) <= TOL and kl.item() > 0
     for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
         assert abs((ours[key].total / ours[key].count).item() - logged[key]) <= TOL, key
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.5])
+def test_kto_pair_equals_trl_kto_on_each_half(shift):
+    """TRL dropped DPO's kto_pair (LLaMA-Factory's pref_loss kto_pair called it); its formula is
+    KTO with the chosen half judged against the rejected half's KL estimate and vice versa. So
+    it is TRL's KTO loss on all-desirable chosen answers with the rejected ones as KL samples,
+    averaged with TRL's KTO loss on all-undesirable rejected answers with the chosen ones as KL
+    samples. shift > 0 makes both KL estimates positive, so the reference points move."""
+    chosen, rejected, ref_chosen, ref_rejected = _logps(9)
+    chosen, rejected = ref_chosen + shift + (chosen - ref_chosen) / 20, ref_rejected + shift + (rejected - ref_rejected) / 20
+    beta = 0.3
+    losses, chosen_rewards, rejected_rewards = dpo_losses(chosen, rejected, ref_chosen, ref_rejected, beta, "kto_pair")
+    every, none = torch.ones(PAIRS, dtype=torch.bool), torch.zeros(PAIRS, dtype=torch.bool)
+    on_chosen, logged = trl_kto(beta, chosen, ref_chosen, rejected, ref_rejected, every, 1.0, 1.0)
+    on_rejected, _ = trl_kto(beta, rejected, ref_rejected, chosen, ref_chosen, none, 1.0, 1.0)
+    assert abs(losses.mean().item() - (on_chosen.item() + on_rejected.item()) / 2) <= TOL
+    assert (chosen_rewards - beta * (chosen - ref_chosen)).abs().max().item() <= TOL
+    assert abs(chosen_rewards.mean().item() - logged["rewards/chosen"]) <= TOL
+    if shift:
+        assert logged["kl"] > 0
+    assert torch.equal(kto_pair_losses(chosen, rejected, ref_chosen, ref_rejected, beta)[0], losses)

@@ -145,11 +145,19 @@ def test_dpo_lora_through_the_cli(tiny_model_dir, tmp_path):
 
 def test_unavailable_keys_are_refused_with_one_line(pref_config):
     from ember.config.errors import ConfigError
-    for key, value in (("ref_model_adapters", "x"), ("ref_model_quantization_bit", 4), ("pref_loss", "kto_pair"),
-                       ("pref_bco_weight", 0.5)):
+    for key, value in (("ref_model_adapters", "x"), ("ref_model_quantization_bit", 4), ("pref_bco_weight", 0.5)):
         with pytest.raises(ConfigError, match=key) as err:
             pref_config(**{key: value})
         assert "\n" not in str(err.value)
+
+
+def test_kto_pair_starts_at_one_half_and_trains(pref_config):
+    """pref_loss kto_pair: with the reference equal to the policy each term is 1 - sigmoid(0)."""
+    cfg = pref_config(finetuning_type="lora", pref_loss="kto_pair", max_steps=3, learning_rate=5e-3)
+    fit(cfg)
+    records = read_metrics(cfg.output_dir)
+    assert abs(records[0]["loss"] - 0.5) <= 1e-6
+    assert records[-1]["loss"] != records[0]["loss"] and "rewards/accuracies" in records[-1]
 
 
 def test_ref_model_from_a_folder_is_the_reference(pref_config, tiny_model_dir, tmp_path):

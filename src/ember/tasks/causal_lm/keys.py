@@ -22,7 +22,7 @@ _NOT_HONOURED = {
 class PreferenceGroup(Group):
     """Preference and reward training (stages rm, dpo, orpo, simpo, kto)"""
     pref_beta: float = Field(0.1, gt=0, description="dpo/orpo/simpo/kto: beta, the strength of the preference (DPO's inverse temperature; ORPO's weight of the odds-ratio term)")
-    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field("sigmoid", description="stage dpo: sigmoid (DPO), hinge (SLiC), ipo, or the reference-free orpo and simpo (also reachable as stage orpo / simpo)")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field("sigmoid", description="stage dpo: sigmoid (DPO), hinge (SLiC), ipo, kto_pair (KTO on pairs), or the reference-free orpo and simpo (also reachable as stage orpo / simpo)")
     pref_ftx: float = Field(0.0, ge=0, description="dpo: weight of an SFT term (the chosen answer's mean token NLL) added to the preference loss")
     pref_bco_weight: float = Field(0.0, ge=0, description="weight of a BCO term (not available: only 0)")
     simpo_gamma: float = Field(0.5, description="simpo: target reward margin gamma")
@@ -34,13 +34,12 @@ class PreferenceGroup(Group):
     ref_model_adapters: str | None = Field(None, description="adapters for ref_model (not available: merge them into ref_model)")
     ref_model_quantization_bit: int | None = Field(None, description="quantize ref_model (not available)")
 
-    @field_validator("ref_model_adapters", "ref_model_quantization_bit", "pref_loss", "pref_bco_weight")
+    @field_validator("ref_model_adapters", "ref_model_quantization_bit", "pref_bco_weight")
     @classmethod
     def _refuse_what_is_not_honoured(cls, value, info):
         if info.field_name in _NOT_HONOURED and value is not None:
             raise ConfigError(f"not supported by ember: {_NOT_HONOURED[info.field_name]}")
-        if info.field_name == "pref_loss" and value == "kto_pair":
-            raise ConfigError("kto_pair is not available; use sigmoid, hinge, ipo, orpo or simpo")
         if info.field_name == "pref_bco_weight" and value > 0:
-            raise ConfigError("BCO is not available; leave it at 0")
+            raise ConfigError("BCO is not available (its baseline is a running mean of the rewards over every "
+                              "step and rank, state the task contract does not keep); leave it at 0")
         return value

@@ -16,8 +16,10 @@ LENGTH_NORMALISED = ("ipo", "orpo", "simpo")  # log-probs averaged over answer t
 
 def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0):
-    """DPO (sigmoid; with label_smoothing, conservative DPO), hinge (SLiC) or IPO."""
+    """DPO (sigmoid; with label_smoothing, conservative DPO), hinge (SLiC), IPO or kto_pair."""
     logits = (chosen - rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "kto_pair":
+        return kto_pair_losses(chosen, rejected, ref_chosen, ref_rejected, beta)
     if loss_type == "sigmoid":
         losses = (-F.logsigmoid(beta * logits) * (1 - label_smoothing)
                   - F.logsigmoid(-beta * logits) * label_smoothing)
@@ -28,6 +30,21 @@ def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.T
     else:
         raise ValueError(f"unknown DPO loss {loss_type}")
     return losses, beta * (chosen - ref_chosen).detach(), beta * (rejected - ref_rejected).detach()
+
+
+def kto_pair_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                    ref_rejected: torch.Tensor, beta: float):
+    """KTO on pairs (HALOs eq. 7, TRL's former DPO loss_type kto_pair, which LLaMA-Factory's
+    pref_loss kto_pair calls): each chosen answer is pushed above the rejected half's mean
+    log-ratio (the KL estimate, clamped at 0), each rejected one below the chosen half's. TRL
+    averages the 2B terms; a pair's loss here is the mean of its two, so the engine's mean over
+    pairs is that same number. The estimates are per micro-batch (as KTO's) and keep their
+    gradient, as TRL's did."""
+    chosen_ratios, rejected_ratios = chosen - ref_chosen, rejected - ref_rejected
+    chosen_kl, rejected_kl = chosen_ratios.mean().clamp(min=0), rejected_ratios.mean().clamp(min=0)
+    losses = ((1 - torch.sigmoid(beta * (chosen_ratios - rejected_kl)))
+              + (1 - torch.sigmoid(beta * (chosen_kl - rejected_ratios)))) / 2
+    return losses, beta * chosen_ratios.detach(), beta * rejected_ratios.detach()
 
 
 def orpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, beta: float):
