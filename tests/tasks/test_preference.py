@@ -151,6 +151,31 @@ def test_unavailable_keys_are_refused_with_one_line(pref_config):
         assert "\n" not in str(err.value)
 
 
+def test_chosen_and_rejected_go_through_one_forward(pref_config):
+    """One policy forward per micro-batch holds both answers of every pair (the chosen rows, then
+    the rejected rows); under LoRA the reference is one more forward of the same model."""
+    task = build_task(pref_config(finetuning_type="lora", per_device_train_batch_size=4))
+    train, _, collate = task.build_data()
+    model = task.build_model()
+    rows = []
+    handle = model.get_base_model().register_forward_hook(lambda m, args, kwargs, out: rows.append(
+        kwargs["input_ids"].shape[0]), with_kwargs=True)
+    batch = collate([train[i] for i in range(4)])
+    assert torch.equal(batch["input_ids"][:4, :len(train[0]["chosen_input_ids"])][0],
+                       torch.tensor(train[0]["chosen_input_ids"]))
+    task.training_step(model, batch, 1)
+    handle.remove()
+    assert rows == [8, 8]  # the policy's forward and the reference's, each on 4 pairs = 8 rows
+
+
+def test_packing_is_refused_for_the_pair_stages(pref_config):
+    from ember.config.errors import ConfigError
+    for stage in ("rm", "dpo", "kto"):
+        with pytest.raises(ConfigError, match="packing") as err:
+            pref_config(stage=stage, packing=True)
+        assert "\n" not in str(err.value)
+
+
 def test_kto_pair_starts_at_one_half_and_trains(pref_config):
     """pref_loss kto_pair: with the reference equal to the policy each term is 1 - sigmoid(0)."""
     cfg = pref_config(finetuning_type="lora", pref_loss="kto_pair", max_steps=3, learning_rate=5e-3)
