@@ -14,9 +14,8 @@ from ...data.readers import read_dataset, text_column
 from ...data.registry import resolve_datasets
 from ...data.sft import encode_sft
 from ...data.templates import ensure_chat_template, load_template
-from ...engine.optim import default_param_groups
 from ...engine.task import Loss, Task
-from ...models.finetuning import apply_finetuning
+from ...models.finetuning import apply_finetuning, finetuning_param_groups
 from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
 from ...models.lm_loss import linear_cross_entropy, logits_cross_entropy, next_token_labels
 from .kto import KTOObjective
@@ -125,7 +124,7 @@ class CausalLMTask(Task):
         return apply_finetuning(model, cfg)
 
     def param_groups(self, model):
-        return default_param_groups(model, self.cfg)
+        return finetuning_param_groups(model, self.cfg)  # LoRA+ groups, or the default ones
 
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
         if self.pairs is not None:
@@ -175,6 +174,9 @@ class CausalLMTask(Task):
         """HF model folder for full/freeze; a PEFT adapter (loadable onto the base) for LoRA/QLoRA."""
         model.save_pretrained(path, state_dict=state_dict)
         self.tokenizer.save_pretrained(path)
+        if getattr(model, "pissa_initial", None) is not None:  # pissa_convert
+            from ...models.finetuning import save_pissa_converted
+            save_pissa_converted(model, f"{path}/pissa_converted")
 
 
 def _packs_by_segments(config) -> bool:
