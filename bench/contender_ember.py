@@ -2,7 +2,8 @@
 
 The YAML is written next to the run (read it to see what was trained). The only addition is
 a thin wrapper around the task that records step ends and real tokens; it changes nothing
-the engine does.
+the engine does. With `yaml` in the spec, that file is trained instead (with the spec's
+`overrides` and an output_dir in the run's folder), as `ember train that.yaml k=v` would.
 """
 from __future__ import annotations
 
@@ -54,16 +55,21 @@ def main() -> None:
     spec = read_spec()
     log = StepLog(spec)
     run = Path(spec["workdir"])
-    (run / "model_config.json").write_text(json.dumps(spec["model"]))
-    config_path = run / "ember.yaml"
-    config_path.write_text(yaml.safe_dump(config(spec), sort_keys=False))
+    if "yaml" in spec:  # a user's YAML as it is (the LLaMA-Factory comparison), plus command-line overrides
+        overrides = {**spec.get("overrides", {}), "output_dir": run / "out"}
+        argv = ["train", spec["yaml"], *(f"{k}={v}" for k, v in overrides.items())]
+    else:
+        (run / "model_config.json").write_text(json.dumps(spec["model"]))
+        config_path = run / "ember.yaml"
+        config_path.write_text(yaml.safe_dump(config(spec), sort_keys=False))
+        argv = ["train", str(config_path)]
 
     import ember.tasks
     from ember import cli
     build_task = ember.tasks.build_task
     ember.tasks.build_task = lambda cfg: Recorded(build_task(cfg), log)
     try:
-        code = cli.main(["train", str(config_path)])
+        code = cli.main(argv)
     finally:
         metrics = [json.loads(line) for line in (run / "out" / "metrics.jsonl").open()] \
             if (run / "out" / "metrics.jsonl").exists() else []

@@ -31,6 +31,12 @@ def _precision(value: Any) -> dict:
     return {flag: flag == chosen[key] for flag in ("fp16", "bf16", "pure_bf16")}
 
 
+def _use_cpu(value: Any) -> dict:
+    from .parse import as_bool
+    # transformers' TrainingArguments flag, which LLaMA-Factory's YAMLs carry to train on a CPU
+    return {"device": "cpu"} if as_bool("use_cpu", value) else {}
+
+
 def _log_wandb(value: Any) -> dict:
     from .parse import as_bool
     # nanoVLM's --log_wandb / --no_log_wandb: wandb, or no tracker besides metrics.jsonl
@@ -50,7 +56,8 @@ def _disable_checkpointing(value: Any) -> dict:
 
 ALIASES: dict[str, Callable[[Any], dict]] = {
     "evaluation_strategy": _rename("eval_strategy"),
-    "exp_name": _rename("run_name"),
+    # mindone's experiment name: the run's name, and for video_vae also its folder (tasks/video_vae/keys.py)
+    "exp_name": lambda value: {"run_name": value, "exp_name": value},
     "batch_size": _rename("per_device_train_batch_size"),
     "start_learning_rate": _rename("learning_rate"),
     "lr": _rename("learning_rate"),
@@ -59,6 +66,7 @@ ALIASES: dict[str, Callable[[Any], dict]] = {
     "precision": _precision,
     "clip_grad": _clip_grad,
     "disable_gradient_checkpointing": _disable_checkpointing,
+    "use_cpu": _use_cpu,
     "log_wandb": _log_wandb,
     "train_dataset_path": _rename("dataset"),
     # nanoVLM's train.py spellings

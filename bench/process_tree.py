@@ -1,0 +1,74 @@
+"""Run a command and measure the peak memory of its whole process tree.
+
+LLaMA-Factory and ember may start helper processes (dataset preprocessing workers, data loader
+workers, a launcher that re-executes itself), so the main process's own peak (`wait4`'s
+ru_maxrss) can miss memory the run really needed. While the command runs, its tree (the process
+and every descendant, found through /proc) is sampled every `interval` seconds and the highest
+sum of resident sets is kept. A sum of RSS counts pages shared between processes once per process
+(fork-inherited libraries), so it errs high when there are workers; the main process's
+ru_maxrss is reported beside it.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+            kids += [int(k) for k in text.split()]
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return kids
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0  # a zombie or a process that just ended
+
+
+def tree_rss_kb(root: int) -> int:
+    total, stack, seen = 0, [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        total += _rss_kb(pid)
+        stack += _children(pid)
+    return total
+
+
+def run_measured(argv: list[str], log: Path, env: dict | None = None, cwd: str | None = None,
+                 interval: float = 0.05) -> dict:
+    """Run argv to completion (stdout and stderr to `log`); exit code, wall time, peak RSS in MB."""
+    peak = [0]
+    with open(log, "w") as out:
+        launched, started = time.time(), time.perf_counter()
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        done = threading.Event()
+
+        def poll():
+            while not done.is_set():
+                peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+                done.wait(interval)
+
+        sampler = threading.Thread(target=poll, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)  # the main process's own peak, from the kernel
+        done.set()
+        sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"returncode": proc.returncode, "launched": launched, "wall_s": time.perf_counter() - started,
+            "tree_peak_rss_mb": max(peak[0], usage.ru_maxrss) / 1024, "main_peak_rss_mb": usage.ru_maxrss / 1024}
