@@ -13,6 +13,7 @@ from ...data.pretrain import build_blocks, collate_blocks
 from ...data.readers import read_dataset, text_column
 from ...data.registry import resolve_datasets
 from ...data.sft import encode_sft
+from ...data.tokenized_cache import tokenized_sets
 from ...data.templates import ensure_chat_template, load_template
 from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning, finetuning_param_groups
@@ -69,6 +70,20 @@ class CausalLMTask(Task):
 
     def build_data(self):
         cfg = self.cfg
+        train, val = tokenized_sets(cfg, self._tokenized_sets)  # saved to / reused from tokenized_path
+        pad = self.tokenizer.pad_token_id
+        if cfg.stage == "pt":
+            return train, val, collate_blocks(pad)
+        if self.pairs is not None:
+            # KTO: each sample, then its KL sample; else each pair's chosen, then its rejected answer
+            self._sides = ("", "kl_") if cfg.stage == "kto" else ("chosen_", "rejected_")
+            self._pair_sets = (train, val)
+            return train, val, collate_pairs(pad, self._sides)
+        return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
+
+    def _tokenized_sets(self):
+        """(train, validation or None): read, split and tokenised."""
+        cfg = self.cfg
         train_parts, val_parts = self._read(cfg.dataset), None
         if cfg.eval_dataset:
             val_parts = self._read(cfg.eval_dataset)
@@ -84,16 +99,7 @@ class CausalLMTask(Task):
             train_parts = [(spec, s["train"]) for spec, s in splits]
             val_parts = [(spec, s["test"]) for spec, s in splits]
         train = self._prepare(train_parts, "train")
-        val = self._prepare(val_parts, "validation") if val_parts else None
-        pad = self.tokenizer.pad_token_id
-        if cfg.stage == "pt":
-            return train, val, collate_blocks(pad)
-        if self.pairs is not None:
-            # KTO: each sample, then its KL sample; else each pair's chosen, then its rejected answer
-            self._sides = ("", "kl_") if cfg.stage == "kto" else ("chosen_", "rejected_")
-            self._pair_sets = (train, val)
-            return train, val, collate_pairs(pad, self._sides)
-        return train, val, collate_sft(pad, cfg.cutoff_len if cfg.compile else None)
+        return train, self._prepare(val_parts, "validation") if val_parts else None
 
     # ---- model --------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
