@@ -1,4 +1,6 @@
-"""Pretraining blocks: documents joined with EOS, cut into cutoff_len blocks, nothing thrown away.
+"""Pretraining blocks as LLaMA-Factory makes them: documents joined with EOS, cut into cutoff_len
+blocks, the remainder dropped (per batch of 1000 documents); packing: false, one truncated
+document per sample. (tests/data/test_lf_templates.py compares with LLaMA-Factory's own blocks.)
 
 The expected token stream is rebuilt here independently of ember: the file is read with plain
 Python and each document is encoded with the `tokenizers` library straight from tokenizer.json.
@@ -37,15 +39,14 @@ DOCS = [
 
 
 def reference_stream(tokenizer_dir: Path, documents: list[str]) -> list[int]:
-    """Every non-empty document's tokens, each followed by EOS, without going through ember."""
+    """Every document's tokens, each followed by EOS (an empty one too, as LLaMA-Factory), without ember."""
     core = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
     eos_text = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())["eos_token"]
     eos = core.token_to_id(eos_text if isinstance(eos_text, str) else eos_text["content"])
     assert eos is not None
     stream: list[int] = []
     for doc in documents:
-        if doc:
-            stream += core.encode(doc, add_special_tokens=False).ids + [eos]
+        stream += core.encode(doc, add_special_tokens=False).ids + [eos]
     return stream
 
 
@@ -65,45 +66,49 @@ def corpus_lines(corpus_dir: Path) -> list[str]:
     return (corpus_dir / "tiny.txt").read_text(encoding="utf-8").split("\n")[:-1]
 
 
-# ---- nothing is thrown away --------------------------------------------------------------
+def whole_blocks(stream: list[int], block: int) -> list[int]:
+    return stream[:len(stream) // block * block]
+
+
+# ---- the stream, cut as LLaMA-Factory cuts it ------------------------------------------------
 
 @pytest.mark.parametrize("cutoff_len", [32, 64])
-def test_blocks_are_the_whole_corpus_with_eos_after_each_document(make_config, corpus_dir, tokenizer_dir, cutoff_len):
+def test_blocks_are_the_corpus_with_eos_after_each_document(make_config, corpus_dir, tokenizer_dir, cutoff_len):
     train, val, _ = build_task(make_config(cutoff_len=cutoff_len)).build_data()
     expected = reference_stream(tokenizer_dir, corpus_lines(corpus_dir))
     assert val is None
-    assert flatten(train) == expected
-    assert len(train) == math.ceil(len(expected) / cutoff_len)
-    assert all(len(train[i]) == cutoff_len for i in range(len(train) - 1))
-    assert 0 < len(train[len(train) - 1]) <= cutoff_len
+    assert len(expected) % cutoff_len, "pick a corpus with a remainder to drop"
+    assert flatten(train) == whole_blocks(expected, cutoff_len)
+    assert all(len(train[i]) == cutoff_len for i in range(len(train)))
 
 
 def test_blank_lines_unicode_and_long_documents_survive(make_config, doc_corpus, tokenizer_dir):
     cfg = make_config(dataset=str(doc_corpus), dataset_dir=str(doc_corpus.parent), cutoff_len=16)
     train, _, _ = build_task(cfg).build_data()
-    expected = reference_stream(tokenizer_dir, DOCS)
-    assert flatten(train) == expected
-    assert len(train) == math.ceil(len(expected) / 16)
-    assert len(expected) % 16 != 0, "pick a corpus whose last block is short"
-    assert len(train[len(train) - 1]) == len(expected) % 16
+    assert flatten(train) == whole_blocks(reference_stream(tokenizer_dir, DOCS), 16)
 
 
-def test_parallel_tokenisation_keeps_every_token_in_order(make_config, corpus_dir, tokenizer_dir):
+def test_packing_false_is_one_truncated_document_per_sample(make_config, doc_corpus, tokenizer_dir):
+    cfg = make_config(dataset=str(doc_corpus), dataset_dir=str(doc_corpus.parent), cutoff_len=16, packing=False)
+    train, _, _ = build_task(cfg).build_data()
+    assert [train[i].tolist() for i in range(len(train))] == \
+        [reference_stream(tokenizer_dir, [doc])[:16] for doc in DOCS]
+
+
+def test_parallel_tokenisation_cuts_each_shard_on_its_own(make_config, corpus_dir, tokenizer_dir):
     # overwrite_cache: a cache written by a single process must not stand in for the parallel run
     cfg = make_config(cutoff_len=64, preprocessing_num_workers=2, overwrite_cache=True)
     train, _, _ = build_task(cfg).build_data()
-    assert flatten(train) == reference_stream(tokenizer_dir, corpus_lines(corpus_dir))
+    lines = datasets.Dataset.from_dict({"text": corpus_lines(corpus_dir)})
+    shards = [lines.shard(2, i, contiguous=True)["text"] for i in range(2)]  # one per process, as datasets splits
+    assert flatten(train) == [t for shard in shards for t in whole_blocks(reference_stream(tokenizer_dir, shard), 64)]
 
 
-@pytest.mark.parametrize("n_tokens,block,lengths", [(64, 32, [32, 32]), (65, 32, [32, 32, 1]), (5, 32, [5])])
-def test_block_dataset_counts_and_lengths(n_tokens, block, lengths):
-    import numpy as np
-    blocks = BlockDataset(np.arange(n_tokens, dtype=np.int64), block)
-    assert len(blocks) == math.ceil(n_tokens / block)
-    assert [len(blocks[i]) for i in range(len(blocks))] == lengths
-    assert flatten(blocks) == list(range(n_tokens))
+def test_block_dataset_items_and_bounds():
+    blocks = BlockDataset(datasets.Dataset.from_dict({"input_ids": [[1, 2, 3], [4]]}))
+    assert len(blocks) == 2 and blocks[0].tolist() == [1, 2, 3] and blocks[1].tolist() == [4]
     with pytest.raises(IndexError):
-        blocks[len(blocks)]
+        blocks[2]
 
 
 def test_every_empty_document_is_refused(make_config, tmp_path):
@@ -116,17 +121,19 @@ def test_every_empty_document_is_refused(make_config, tmp_path):
 # ---- collate: padding carries no loss and no attention -----------------------------------
 
 def test_short_last_block_is_padded_with_no_loss_and_no_attention(make_config, tokenizer_dir):
-    task = build_task(make_config(cutoff_len=32))
+    task = build_task(make_config(cutoff_len=32, packing=False))
     train, _, collate = task.build_data()
     pad = task.tokenizer.pad_token_id
-    last = len(train) - 1
+    last = min(range(len(train)), key=lambda i: len(train[i]))
     short = len(train[last])
-    assert short < 32, "the fixture corpus should end in a short block at cutoff_len 32"
+    assert short < 32, "the fixture corpus should hold a short document"
 
-    batch = collate([train[0], train[last]])
+    first = max(range(len(train)), key=lambda i: len(train[i]))
+    assert len(train[first]) == 32
+    batch = collate([train[first], train[last]])
     assert set(batch) == {"input_ids", "attention_mask", "labels"}
     assert batch["input_ids"].shape == (2, 32)
-    assert torch.equal(batch["input_ids"][0], train[0])
+    assert torch.equal(batch["input_ids"][0], train[first])
     assert torch.equal(batch["input_ids"][1, :short], train[last])
     assert torch.equal(batch["labels"][1, :short], train[last])
     assert (batch["input_ids"][1, short:] == pad).all()
@@ -134,7 +141,7 @@ def test_short_last_block_is_padded_with_no_loss_and_no_attention(make_config, t
     assert (batch["attention_mask"][1, short:] == 0).all()
     assert (batch["attention_mask"][1, :short] == 1).all()
     assert (batch["attention_mask"][0] == 1).all()
-    assert torch.equal(batch["labels"][0], train[0])
+    assert torch.equal(batch["labels"][0], train[first])
 
 
 def test_full_batches_carry_no_attention_mask(make_config):
@@ -175,7 +182,8 @@ def test_log_reports_documents_and_tokens(make_config, corpus_dir, tokenizer_dir
     assert len(report) == 1, report
     assert re.search(rf"\b{len(lines)} documents\b", report[0]), report[0]
     assert re.search(rf"\b{tokens} tokens\b", report[0]), report[0]
-    assert re.search(rf"\b{math.ceil(tokens / 64)} blocks\b", report[0]), report[0]
+    assert re.search(rf"\b{tokens // 64} blocks\b", report[0]), report[0]
+    assert re.search(rf"\b{tokens % 64} tokens dropped\b", report[0]), report[0]
 
 
 def test_validation_split_is_reported_separately(make_config, caplog):

@@ -19,8 +19,9 @@ from ember.config import ConfigError
 from ember.data.packing import collate_sft
 from ember.data.labels import IGNORE
 from ember.data.registry import DatasetSpec
-from ember.data.sft import encode_conversation, to_messages
-from ember.data.templates import TEMPLATES, ensure_chat_template
+from ember.data.conversation import to_conversation
+from ember.data.sft import encode_conversation, encode_sample, to_messages
+from ember.data.templates import ensure_chat_template, get_template, load_template
 from ember.models.hf import load_causal_lm, load_tokenizer
 from ember.tasks import build_task
 
@@ -185,9 +186,11 @@ def test_a_batch_is_tokenized_as_each_conversation_alone(tmp_path, sft_config, t
     rows = [{"conversations": good}, {"conversations": [{"from": "human", "value": "Q"}]},
             {"conversations": longer}, {"conversations": [{"from": "system", "value": "Be brief."}] + good}]
     root = write_dataset(tmp_path / "d", {"chats": ({"formatting": "sharegpt"}, rows)})
-    train, _, _ = build_task(sft_config(dataset="chats", dataset_dir=str(root))).build_data()
-    expected = [encode_conversation(to_messages(row, spec("sharegpt")), tokenizer, 1024)[:2]
-                for row in rows if to_messages(row, spec("sharegpt")) is not None]
+    task = build_task(sft_config(dataset="chats", dataset_dir=str(root)))
+    train, _, _ = task.build_data()
+    conversations = [to_conversation(row, spec("sharegpt")) for row in rows]
+    expected = [encode_sample(c, task.template, task.tokenizer, 1024)[:2] for c in conversations if c is not None]
+    assert len(expected) == 3
     assert sorted((list(x["input_ids"]), list(x["labels"])) for x in train) == sorted(expected)
 
 
@@ -358,39 +361,50 @@ def test_mask_history_and_train_on_prompt_reach_the_dataset(sft_config):
 
 # ---- cutoff_len ------------------------------------------------------------------------------
 
-def _lengths(tokenizer, rows):
-    return [len(encode_conversation(to_messages(r, spec()), tokenizer, 10**6)[0]) for r in rows]
+def _lengths(task, rows):
+    """Untruncated (source, target) lengths of one-turn alpaca rows."""
+    pairs = [task.template.encode_multiturn(task.tokenizer, to_conversation(r, spec()).messages)[0] for r in rows]
+    return [(len(s), len(t)) for s, t in pairs]
 
 
-def test_truncated_answer_is_kept_and_counted(tmp_path, sft_config, tokenizer, caplog):
+def test_truncated_answer_is_kept_and_counted(tmp_path, sft_config, caplog):
     short = {"instruction": "Q?", "input": "", "output": "Yes."}
     long = {"instruction": "Q?", "input": "", "output": "A very long answer " * 20}
-    len_short, len_long = _lengths(tokenizer, [short, long])
-    cutoff = (len_short + len_long) // 2
-    assert len_short < cutoff < len_long
+    (s1, t1), (s2, t2) = _lengths(build_task(sft_config()), [short, long])
+    cutoff = (s1 + t1 + s2 + t2) // 2
+    assert s1 + t1 < cutoff < s2 + t2
     root = write_dataset(tmp_path / "d", {"qa": ({}, [short, long])})
     with caplog.at_level(logging.WARNING, logger="ember"):
         train, _, _ = build_task(sft_config(dataset="qa", dataset_dir=str(root), cutoff_len=cutoff)).build_data()
-    assert [len(x) for x in train.input_ids] == [len_short, cutoff]
-    assert train.labels[1][-1] != IGNORE  # what is left of the answer still trains
+    # LLaMA-Factory's infer_seqlen: the short prompt is kept whole, the answer gives way
+    assert [len(x) for x in train.input_ids] == [s1 + t1, cutoff]
+    assert train.labels[1][s2 - 1] == IGNORE and train.labels[1][s2] != IGNORE
     messages = [r.getMessage() for r in caplog.records if r.name == "ember"]
-    report = [m for m in messages if re.search(r"\b1 of 2\b", m) and re.search(r"cut|truncat", m)]
+    report = [m for m in messages if re.search(rf"\b1 cut to cutoff_len {cutoff}\b", m)]
     assert report, f"the truncated sample should be counted in a warning: {messages}"
-    assert str(cutoff) in report[0] and not re.search(r"\b[1-9]\d* dropped", report[0])
+    assert "dropped" not in report[0]
 
 
-def test_sample_with_no_answer_left_is_dropped_and_reported(tmp_path, sft_config, tokenizer, caplog):
+def test_long_prompt_gives_way_to_a_short_answer(tmp_path, sft_config, caplog):
+    """LLaMA-Factory keeps a short answer whole and the head of a long prompt; overlong: drop
+    leaves such a sample out instead, and counts it."""
     short = {"instruction": "Q?", "input": "", "output": "Yes."}
     long_prompt = {"instruction": "Tell me " * 40, "input": "", "output": "Yes."}
-    len_short, len_long = _lengths(tokenizer, [short, long_prompt])
-    cutoff = len_short + 4
-    assert cutoff < len_long - 3  # the long prompt alone passes cutoff_len: no answer token is left
+    task = build_task(sft_config())
+    (s1, t1), (s2, t2) = _lengths(task, [short, long_prompt])
+    cutoff = s1 + t1 + 4
+    assert t2 * 2 < cutoff < s2
     root = write_dataset(tmp_path / "d", {"qa": ({}, [long_prompt, short, short])})
+    train, _, _ = build_task(sft_config(dataset="qa", dataset_dir=str(root), cutoff_len=cutoff)).build_data()
+    full = encode_sample(to_conversation(long_prompt, spec()), task.template, task.tokenizer, 10**6)
+    assert list(train.input_ids[0]) == full[0][:cutoff - t2] + full[0][s2:]
+    assert [len(x) for x in train.input_ids] == [cutoff, s1 + t1, s1 + t1]
     with caplog.at_level(logging.WARNING, logger="ember"):
-        train, _, _ = build_task(sft_config(dataset="qa", dataset_dir=str(root), cutoff_len=cutoff)).build_data()
-    assert len(train) == 2 and all(len(x) == len_short for x in train.input_ids)
+        train, _, _ = build_task(sft_config(dataset="qa", dataset_dir=str(root), cutoff_len=cutoff,
+                                            overlong="drop")).build_data()
+    assert len(train) == 2 and all(len(x) == s1 + t1 for x in train.input_ids)
     warnings = [r.getMessage() for r in caplog.records if r.name == "ember" and r.levelno == logging.WARNING]
-    assert any(re.search(r"\b1 dropped", m) and "qa" in m for m in warnings), warnings
+    assert any(re.search(r"\b1 dropped \(1 longer than cutoff_len", m) and "qa" in m for m in warnings), warnings
 
 
 def test_no_warning_when_nothing_is_cut(sft_config, caplog):
@@ -401,32 +415,36 @@ def test_no_warning_when_nothing_is_cut(sft_config, caplog):
 
 # ---- templates -------------------------------------------------------------------------------
 
-CHAT = [{"role": "system", "content": "S."}, {"role": "user", "content": "Q?"}, {"role": "assistant", "content": "A."}]
+CHAT = [{"from": "system", "value": "S."}, {"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A."}]
 
 
-def test_default_template_renders_plain_role_prefixes(tiny_model_dir, sft_config):
+def encoded_text(task, turns=CHAT) -> tuple[str, list[str]]:
+    """The sample's text and its supervised runs, as the task encodes a sharegpt row."""
+    conversation = to_conversation({"conversations": turns}, spec("sharegpt"))
+    ids, labels, _ = encode_sample(conversation, task.template, task.tokenizer, 1024)
+    return task.tokenizer.decode(ids), supervised_text(task.tokenizer, ids, labels)
+
+
+def test_default_template_is_llamafactorys(sft_config):
     task = build_task(sft_config(template="default"))
-    text = task.tokenizer.apply_chat_template(CHAT, tokenize=False)
     eos = task.tokenizer.eos_token
-    assert text.startswith(f"System: S.\nHuman: Q?\nAssistant: A.{eos}")
-    prompt = task.tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
-    assert prompt == "System: S.\nHuman: Q?\nAssistant: "
+    assert encoded_text(task) == (f"System: S.{eos}\nHuman: Q?{eos}\nAssistant:A.{eos}\n", [f"A.{eos}\n"])
+    # the tokenizer carries the same format as a chat_template, for generation after training
+    assert task.tokenizer.apply_chat_template([{"role": "system", "content": "S."}, {"role": "user", "content": "Q?"}],
+                                              tokenize=False) == f"System: S.{eos}\nHuman: Q?{eos}\nAssistant:"
 
 
-def test_chatml_template(tiny_model_dir, sft_config):
+def test_chatml_template(sft_config):
     task = build_task(sft_config(template="chatml"))
-    text = task.tokenizer.apply_chat_template(CHAT, tokenize=False)
-    assert text.startswith("<|im_start|>system\nS.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n"
-                           "<|im_start|>assistant\nA.<|im_end|>")
-    prompt = task.tokenizer.apply_chat_template(CHAT[:2], tokenize=False, add_generation_prompt=True)
-    assert prompt.endswith("<|im_start|>assistant\n")
-    ids, labels, _ = encode_conversation(CHAT, task.tokenizer, 1024)
-    assert "".join(supervised_text(task.tokenizer, ids, labels)).startswith("A.<|im_end|>")
+    assert task.tokenizer.eos_token == "<|im_end|>"  # LLaMA-Factory's replace_eos
+    assert encoded_text(task) == ("<|im_start|>system\nS.<|im_end|>\n<|im_start|>user\nQ?<|im_end|>\n"
+                                  "<|im_start|>assistant\nA.<|im_end|>\n", ["A.<|im_end|>\n"])
 
 
-def test_no_template_named_means_default(sft_config):
+def test_no_template_and_no_chat_template_means_empty(sft_config):
     task = build_task(sft_config(template=None))
-    assert task.tokenizer.chat_template == TEMPLATES["default"]
+    assert task.template.name == "empty"
+    assert encoded_text(task) == ("S.Q?A.", ["A."])
 
 
 def test_unknown_template_lists_the_valid_ones(sft_config):
@@ -438,15 +456,47 @@ def test_unknown_template_lists_the_valid_ones(sft_config):
         assert name in message
 
 
-def test_tokenizer_with_its_own_chat_template_keeps_it(tmp_path, tiny_model_dir, sft_config):
+def test_unset_template_reads_the_tokenizers_chat_template(tmp_path, tiny_model_dir, sft_config):
+    """template unset: the tokenizer's own chat_template, read into slots (LLaMA-Factory's
+    parse_template); a named template encodes with its own slots whatever the tokenizer has."""
     own = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% if m['role'] == 'assistant' %}"
            "{{ eos_token }}{% endif %}{{ '|' }}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
     tok = load_tokenizer(str(tiny_model_dir), "model_name_or_path")
     tok.chat_template = own
     tok.save_pretrained(tmp_path / "tok")
-    for template in ("chatml", "llama3"):  # a named template, even an unknown one, does not replace it
-        task = build_task(sft_config(tokenizer_name_or_path=str(tmp_path / "tok"), template=template))
-        assert task.tokenizer.chat_template == own
-    ids, labels, _ = encode_conversation(CHAT, task.tokenizer, 1024)
-    assert task.tokenizer.apply_chat_template(CHAT, tokenize=False) == f"[system] S.|[user] Q?|[assistant] A.{tok.eos_token}|"
-    assert supervised_text(task.tokenizer, ids, labels) == [f"A.{tok.eos_token}|"]
+    task = build_task(sft_config(tokenizer_name_or_path=str(tmp_path / "tok"), template=None))
+    eos = tok.eos_token
+    assert encoded_text(task) == (f"[system] S.|[user] Q?|[assistant] A.{eos}|", [f"A.{eos}|"])
+    task = build_task(sft_config(tokenizer_name_or_path=str(tmp_path / "tok"), template="llama3"))
+    assert task.tokenizer.chat_template == own  # llama3 does not replace a chat_template (LLaMA-Factory)
+    assert encoded_text(task)[0].startswith(f"{tok.bos_token}<|start_header_id|>system<|end_header_id|>\n\nS.<|eot_id|>")
+
+
+@pytest.mark.parametrize("entry, row", [
+    ({"formatting": "sharegpt", "columns": {"messages": "conversations", "images": "pictures"}},
+     {"conversations": [{"from": "human", "value": "<image>What is it?"}, {"from": "gpt", "value": "A cat."}],
+      "pictures": ["cat.png"]}),
+    ({}, {"instruction": "<image>Describe.", "input": "", "output": "A dog.", "images": ["dog.png"]}),
+])
+def test_a_dataset_with_images_is_refused_under_the_lm_task(tmp_path, sft_config, entry, row):
+    root = write_dataset(tmp_path / "d", {"pics": (entry, [row])})
+    with pytest.raises(ConfigError, match=r"dataset 'pics' has images .*task: vlm"):
+        build_task(sft_config(dataset="pics", dataset_dir=str(root))).build_data()
+
+
+def test_tool_calls_and_results_are_formatted_and_only_answers_trained(sft_config):
+    """A function_call turn is written in the template's tool format and trained on; an observation
+    is prompt; the tools column is described in the system message."""
+    task = build_task(sft_config(template="qwen3_nothink"))
+    tools = json.dumps([{"name": "add", "description": "Adds.", "parameters": {
+        "type": "object", "properties": {"a": {"type": "number"}}, "required": ["a"]}}])
+    turns = [{"from": "human", "value": "1+1?"}, {"from": "function_call", "value": '{"name": "add", "arguments": {"a": 1}}'},
+             {"from": "observation", "value": "2"}, {"from": "gpt", "value": "Two."}]
+    conversation = to_conversation({"conversations": turns, "tools": tools},
+                                   spec("sharegpt", columns={"tools": "tools"}))
+    ids, labels, _ = encode_sample(conversation, task.template, task.tokenizer, 4096)
+    text = task.tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>system\n\n\n# Tools\n\nYou may call one or more functions")
+    assert '{"type": "function", "function": {"name": "add"' in text
+    assert supervised_text(task.tokenizer, ids, labels) == [
+        '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>\n', "Two.<|im_end|>\n"]

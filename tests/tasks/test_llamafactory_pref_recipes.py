@@ -15,7 +15,7 @@ import pytest
 
 from conftest import read_metrics
 from ember.config.loader import load_config
-from ember.data.templates import TEMPLATES
+from ember.data.chat_template import JINJA_FORMATS
 from ember.engine.trainer import Trainer
 from ember.tasks import build_task
 
@@ -83,7 +83,7 @@ def chat_model_dir(tiny_model_dir, tmp_path) -> Path:
     out = tmp_path / "chat_model"
     shutil.copytree(tiny_model_dir, out)
     config = json.loads((out / "tokenizer_config.json").read_text())
-    config["chat_template"] = TEMPLATES["chatml"]
+    config["chat_template"] = JINJA_FORMATS["chatml"]
     (out / "tokenizer_config.json").write_text(json.dumps(config))
     return out
 

@@ -37,7 +37,7 @@ def encode_documents(texts: datasets.Dataset, tokenizer, cfg, eos: str) -> datas
     bos = tokenizer.bos_token if getattr(tokenizer, "add_bos_token", False) else None
     pack = cfg.packing is not False
 
-    def encode(batch):
+    def encode(batch, processes):  # noqa: ARG001 (a cache key, see fn_kwargs)
         docs = [text + eos for text in batch["text"]]
         if not pack:
             docs = [bos + d for d in docs] if bos else docs
@@ -47,9 +47,14 @@ def encode_documents(texts: datasets.Dataset, tokenizer, cfg, eos: str) -> datas
         blocks = [stream[i:i + block] for i in range(0, len(stream) // block * block, block)]
         if bos:  # LLaMA-Factory overwrites each block's first token with BOS
             blocks = [[tokenizer.bos_token_id] + b[1:] for b in blocks]
-        return {"input_ids": blocks, "read": [len(stream)] + [0] * (len(blocks) - 1) if blocks else []}
+        if not blocks:  # an empty row carries the count of tokens read (removed before training)
+            return {"input_ids": [[]], "read": [len(stream)]}
+        return {"input_ids": blocks, "read": [len(stream)] + [0] * (len(blocks) - 1)}
 
+    # each process cuts its own share of the documents, so the blocks depend on the process count:
+    # passed as an argument, it is part of the datasets cache key (a 1-process cache is not reused)
     return texts.map(encode, batched=True, batch_size=BATCH_DOCUMENTS, num_proc=cfg.preprocessing_num_workers,
+                     fn_kwargs={"processes": cfg.preprocessing_num_workers},
                      remove_columns=texts.column_names, load_from_cache_file=not cfg.overwrite_cache,
                      desc="tokenising")
 
@@ -71,6 +76,9 @@ class BlockDataset(Dataset):
 
 def build_blocks(texts: datasets.Dataset, tokenizer, cfg, label: str, template_name: str | None = None) -> BlockDataset:
     encoded = encode_documents(texts, tokenizer, cfg, eos_text(tokenizer, template_name))
+    read = sum(encoded["read"])
+    encoded = encoded.filter(lambda ids: len(ids) > 0, input_columns="input_ids",
+                             load_from_cache_file=not cfg.overwrite_cache)
     if len(encoded) == 0:
         raise ConfigError(f"{label}: the documents hold fewer tokens than one block of cutoff_len {cfg.cutoff_len}")
     kept = sum(len(ids) for ids in encoded["input_ids"])
@@ -78,7 +86,6 @@ def build_blocks(texts: datasets.Dataset, tokenizer, cfg, label: str, template_n
         log.info("%s: %d documents, each one sample of at most %d tokens (%d tokens)", label, len(texts),
                  cfg.cutoff_len, kept)
     else:
-        read = sum(encoded["read"])
         log.info("%s: %d documents, %d tokens → %d blocks of %d tokens; %d tokens dropped (the remainder of each "
                  "batch of %d documents, as LLaMA-Factory)", label, len(texts), read, len(encoded), cfg.cutoff_len,
                  read - kept, BATCH_DOCUMENTS)

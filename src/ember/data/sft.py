@@ -18,7 +18,6 @@ from ..config.errors import ConfigError
 from .chat_template import DROPPED, OK, TRUNCATED, _tokenize, conversation_pieces, encode_conversation  # noqa: F401
 from .conversation import SHAREGPT_TAGS, Conversation, _columns, to_conversation
 from .labels import IGNORE
-from .media import refuse_media
 from .registry import DatasetSpec
 from .truncation import infer_seqlen
 
@@ -26,7 +25,6 @@ log = logging.getLogger("ember")
 TOO_LONG, NO_ANSWER = 3, 4  # dropped: longer than cutoff_len (overlong: drop); no answer token left
 
 def check_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
-    refuse_media(ds, spec)
     cols = _columns(spec)
     required = [cols["messages"]] if spec.formatting == "sharegpt" else [cols["prompt"], cols["response"]]
     named = [cols[k] for k in ("system", "history") if cols.get(k)]  # optional, but must exist when named

@@ -7,6 +7,7 @@ import torch
 
 from ...config.errors import ConfigError
 from ...data.labels import IGNORE
+from ...data.media import refuse_media
 from ...data.packing import build_sft_dataset, collate_sft
 from ...data.preference import build_pair_dataset, collate_pairs
 from ...data.pretrain import build_blocks, collate_blocks
@@ -54,7 +55,10 @@ class CausalLMTask(Task):
 
     # ---- data ---------------------------------------------------------------------------
     def _read(self, names: str) -> list:
-        return [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
+        parts = [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
+        for spec, ds in parts:
+            refuse_media(ds, spec)  # never train text-only on a dataset with pictures, silently
+        return parts
 
     def _prepare(self, parts: list, label: str):
         cfg = self.cfg
