@@ -102,3 +102,36 @@ def test_resumed_run_with_precomputed_reference_equals_the_uninterrupted_one(pre
     resumed = pref_config(**common, output_dir=str(tmp_path / "broken"), resume_from_checkpoint="true")
     Trainer(resumed, build_task(resumed)).fit()
     assert curve(tmp_path / "broken") == curve(tmp_path / "whole")
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_reference_pass_and_get_one_rank_values(tiny_model_dir, tmp_path):
+    """Under torchrun each rank runs every other batch of the reference pass and the ranks swap
+    their values: each ends with the one-process columns, bit for bit, from half the batches.
+    (kto's pass is the same code on its own columns.)"""
+    stage, dataset = "dpo", "pydoc_pref_alpaca"
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
+    from multiprocess_helpers import assert_ran, clean_env, run_logged
+
+    worker = str(Path(__file__).with_name("precompute_worker.py"))
+    keys = dict(model_name_or_path=str(tiny_model_dir), stage=stage, finetuning_type="lora", template="default",
+                dataset=dataset, dataset_dir=str(DEMO), cutoff_len=96, max_samples=22, val_size=6,
+                per_device_eval_batch_size=3, precompute_ref_log_probs=True, preprocessing_num_workers=1)
+    runs = {}
+    for name, launcher in (("one", [sys.executable]),
+                           ("two", [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                    "--nproc_per_node", "2"])):
+        out = tmp_path / name
+        rc, log = run_logged([*launcher, worker, json.dumps({**keys, "output_dir": str(out)})],
+                             tmp_path / f"{name}.log", clean_env())
+        assert_ran(rc, log)
+        runs[name] = [json.loads((out / f"rank{r}.json").read_text()) for r in range(1 if name == "one" else 2)]
+    (one,), two = runs["one"], runs["two"]
+    assert one["columns"] and all(len(v) > 0 for v in one["columns"].values())
+    for rank in two:
+        assert rank["columns"] == one["columns"]  # the same floats, in the same rows
+    # 16 train rows and 6 validation rows in batches of 3: 6 + 2 batches, split 4 / 4
+    assert one["batches"] == 8 and [r["batches"] for r in two] == [4, 4]

@@ -90,6 +90,14 @@ class World:
         dist.all_reduce(votes, group=self.cpu_group)  # a CPU tensor on the gloo group: cheap every step
         return bool(votes.item())
 
+    def gather(self, obj) -> list:
+        """Every rank's obj (picklable), in rank order, on every rank; [obj] on one process."""
+        if self.size == 1 or not self.active:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj, group=self.cpu_group)
+        return out
+
     def broadcast(self, obj):
         if self.size == 1 or not self.active:
             return obj

@@ -15,7 +15,8 @@ With precompute_ref_log_probs the reference runs once instead: one pass over the
 validation rows as the model is built (the starting weights, before fine-tuning is applied;
 under LoRA these are the base, which is what disabling the adapters gives), each row's
 log-prob stored as a column of the dataset, so it travels with its row through the sampler and
-resumes exactly; no reference model is kept. The pass is in memory (the datasets library caches
+resumes exactly; no reference model is kept. Under DDP/FSDP the ranks share the pass (each runs
+every world-th batch) and exchange the values. The pass is in memory (the datasets library caches
 the tokenisation; ember keeps no dataset cache of its own) and is redone on resume.
 """
 from __future__ import annotations
@@ -90,8 +91,9 @@ class PreferenceObjective:
         """One pass of the reference over every row of `sets` (PairDatasets): each row's reference
         log-prob becomes the column <side>ref_logps. `model` is the starting model, before
         fine-tuning is applied; ref_model, when set, is loaded for the pass and dropped after it."""
+        from ...config.schema import DistributedGroup, PrecisionGroup
+        from ...engine.distributed import World
         from ...engine.runtime import Precision, pick_device
-        from ...config.schema import PrecisionGroup
         cfg = self.cfg
         device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", 0)))
         precision = Precision(cfg.part(PrecisionGroup), device)
@@ -108,18 +110,29 @@ class PreferenceObjective:
         was_training = reference.training
         reference.eval()
         size = max(1, cfg.per_device_eval_batch_size)
+        # under DDP/FSDP each rank computes every world-th batch and the ranks exchange their
+        # values: the pass costs 1/world of the time, and every batch is composed (and padded)
+        # as on one process, so the values are the same bit for bit
+        world = World(cfg.part(DistributedGroup))
+        done = 0
         for dataset in sets:
             if dataset is None or len(dataset) == 0:
                 continue
-            values = []
-            for start in range(0, len(dataset), size):
+            starts = range(0, len(dataset), size)
+            mine = {}
+            for index, start in enumerate(starts):
+                if index % world.size != world.rank:
+                    continue
                 batch = collate([dataset[i] for i in range(start, min(start + size, len(dataset)))])
                 batch = {k: v.to(next(reference.parameters()).device) for k, v in batch.items()}
                 with torch.no_grad(), precision.autocast():
                     logps, lengths = sequence_logps(reference(**_model_inputs(batch)).logits, batch["labels"])
                 if self.loss_type in LENGTH_NORMALISED:
                     logps = logps / lengths.clamp(min=1)
-                values.extend(logps.cpu().tolist())
+                mine[index] = logps.cpu().tolist()
+            done += len(mine)
+            merged = {index: part for shard in world.gather(mine) for index, part in shard.items()}
+            values = [value for index in range(len(starts)) for value in merged[index]]
             n = len(dataset)
             for i, side in enumerate(sides):
                 dataset.add_column(f"{side}ref_logps", values_of_side(values, size, n, i))
@@ -127,8 +140,10 @@ class PreferenceObjective:
         if reference is model and not placed and home != device:
             model.to(home)  # the engine places (and casts) the model it trains itself
         del reference
-        log.info("reference log-probabilities precomputed for %s rows; no reference model is kept",
-                 " + ".join(str(len(d)) for d in sets if d is not None))
+        self.precomputed_batches = done  # this rank's share of the pass
+        log.info("reference log-probabilities precomputed for %s rows (%d batches on this rank of %d); "
+                 "no reference model is kept", " + ".join(str(len(d)) for d in sets if d is not None), done,
+                 world.size)
 
     def _reference_model(self, policy: nn.Module) -> nn.Module:
         if not self._placed:  # on the policy's device and in its dtype (pure_bf16), once
