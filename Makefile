@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench bench-memory clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# ember against transformers' Trainer, a hand-written loop and the machine's matmul peak; writes
-# bench/results.json (under 20 minutes on 2 CPU cores; see docs/benchmarks.md). Not part of `make test`.
+# ember against transformers' Trainer, LLaMA-Factory (its own venv in bench/.lf-venv, made on first
+# use), a hand-written loop and the machine's matmul peak; writes bench/results.json (under 25 minutes
+# on 2 CPU cores; see docs/benchmarks.md). Not part of `make test`.
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
+# peak memory of LoRA SFT on a 0.5B model at cutoff_len 2048 and 4096, ember vs LLaMA-Factory (~30-60
+# minutes on 2 CPU cores, so apart from `make bench`); adds mem_lora_*_vs_lf to bench/results.json
+bench-memory: $(STAMP)
+	$(PY) bench/memory_long_context.py
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs bench/.lf-venv

@@ -164,10 +164,11 @@ def main(quick: bool, threads: int, clock: str = "wall", rounds: int | None = No
                         "steps": shape["steps"], "threads": threads}
                 raw = run(name, spec, work)
                 row = summarise(raw, shape["warmup"], aggregate=True, clock=clock)
-                row.update(main_peak_rss_mb=raw["main_peak_rss_mb"], process_wall_s=raw["wall_s"])
+                largest = raw["largest_process_peak_rss_mb"]
+                row.update(largest_process_peak_rss_mb=largest, process_wall_s=raw["wall_s"])
                 rows[name] = row
                 progress(f"  {row['tokens_per_s']:,.0f} real tok/s ({row['tokens_per_step']:,.0f} per step), "
-                         f"peak RSS {row['peak_rss_mb']:,.0f} MB (tree), {row['main_peak_rss_mb']:,.0f} MB (main)")
+                         f"peak RSS {row['peak_rss_mb']:,.0f} MB (tree), {largest:,.0f} MB (largest process)")
             per_round.append(rows)
     ratio = lambda a, b, key: [rows[a][key] / rows[b][key] for rows in per_round]  # noqa: E731
     out = {"threads": threads, "clock": clock, "quick": quick, **shape, "model": QWEN2_SMALL, "rounds": per_round,
