@@ -17,6 +17,7 @@ commands:
   generate   sample text from a trained model folder
   chat       ask a trained vision-language model about an image
   export     merge a LoRA/QLoRA adapter into its base model
+  preview    print the first training samples as the model sees them: ember preview CONFIG.yaml [key=value ...] [--n N] [--json]
   web        serve the page to configure, launch, watch and try runs: ember web [--runs DIR] [--port 7860]
 Run `ember COMMAND --help` for the keys of a command."""
 
@@ -105,6 +106,17 @@ def _export(args: list[str]) -> int:
     return 0
 
 
+def _preview(args: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ember preview", allow_abbrev=False, description="the first training samples (pt, sft) "
+                                     "exactly as training builds them; text within « » carries no loss")
+    parser.add_argument("--n", type=int, default=3, help="how many samples, in dataset order")
+    parser.add_argument("--json", action="store_true", help="one JSON line per sample: input_ids and labels")
+    opts, rest = parser.parse_known_args(args)  # the rest: the config, as for ember train
+    from .preview import run_preview
+    sys.stdout.write(run_preview(rest, opts.n, opts.json))
+    return 0
+
+
 def _web(args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="ember web", description="the page: configure, launch, watch, stop and try runs")
     parser.add_argument("--runs", default="runs", help="folder whose runs the page shows and where it puts new ones")
@@ -118,7 +130,7 @@ def _web(args: list[str]) -> int:
 
 
 COMMANDS = {"train": _train, "tokenizer": _tokenizer, "generate": _generate, "chat": _chat, "export": _export,
-            "web": _web}
+            "preview": _preview, "web": _web}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,7 +54,8 @@ class CausalLMTask(Task):
         self._pair_sets = None  # (train, validation), kept for the reference pass of precompute_ref_log_probs
 
     # ---- data ---------------------------------------------------------------------------
-    def _read(self, names: str) -> list:
+    def read_datasets(self, names: str) -> list:
+        """(spec, rows) of each named dataset, as training reads them (ember preview reads them too)."""
         parts = [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
         for spec, ds in parts:
             refuse_media(ds, spec)  # never train text-only on a dataset with pictures, silently
@@ -88,9 +89,9 @@ class CausalLMTask(Task):
     def _tokenized_sets(self):
         """(train, validation or None): read, split and tokenised."""
         cfg = self.cfg
-        train_parts, val_parts = self._read(cfg.dataset), None
+        train_parts, val_parts = self.read_datasets(cfg.dataset), None
         if cfg.eval_dataset:
-            val_parts = self._read(cfg.eval_dataset)
+            val_parts = self.read_datasets(cfg.eval_dataset)
         elif cfg.val_size > 0:
             # hold out documents (or samples), not tokens: the split never cuts a document
             size = int(cfg.val_size) if cfg.val_size >= 1 else cfg.val_size

@@ -1,0 +1,94 @@
+"""`ember preview CONFIG.yaml [key=value ...] [--n N] [--json]`: the first training samples exactly
+as the model will see them, so a template or masking mistake shows before a GPU-day is spent.
+
+The samples are built by the training code itself (the LM task's reader, template and encoding,
+with max_samples, cutoff_len and the template keys of the config), in dataset order: before the
+validation split, shuffling and packing. Only the tokenizer is loaded (model_name_or_path may be
+a folder holding just a tokenizer). Pretraining blocks are cut from the first batches of 1000
+documents as a one-process run cuts them.
+"""
+from __future__ import annotations
+
+import json
+
+import datasets
+
+from .config.errors import ConfigError
+from .data.labels import IGNORE
+
+NO_LOSS_OPEN, NO_LOSS_CLOSE = "«", "»"
+
+
+def preview_samples(cfg, n: int) -> tuple[object, list[tuple[list[int], list[int]]]]:
+    """(the tokenizer, the first n samples as (input_ids, labels))."""
+    if cfg.task != "causal_lm" or cfg.stage not in ("pt", "sft"):
+        raise ConfigError(f"ember preview shows the samples of task causal_lm, stage pt or sft (got task {cfg.task}, "
+                          f"stage {cfg.stage})")
+    if cfg.dataset is None:
+        raise ConfigError("no training data: set dataset (a name in dataset_info.json or a path)")
+    from .data.pretrain import BATCH_DOCUMENTS, build_blocks
+    from .data.readers import text_column
+    from .data.sft import encode_sft
+    from .tasks import build_task
+    task = build_task(cfg)  # loads the tokenizer and the template only; the model is built later, in training
+    samples: list[tuple[list[int], list[int]]] = []
+    for spec, ds in task.read_datasets(cfg.dataset):
+        start = 0
+        while len(samples) < n and start < len(ds):  # encode only as many rows as the preview needs
+            rows = ds.select(range(start, min(start + BATCH_DOCUMENTS, len(ds))))
+            start += len(rows)
+            if cfg.stage == "pt":
+                blocks = build_blocks(text_column(rows, spec), task.tokenizer, cfg, "preview", cfg.template)
+                samples += [(ids, ids) for ids in (blocks[i].tolist() for i in range(len(blocks)))]
+            else:
+                encoded = _encode_rows(encode_sft, rows, spec, task, cfg)
+                samples += list(zip(encoded["input_ids"], encoded["labels"])) if encoded is not None else []
+    return task.tokenizer, samples[:n]
+
+
+def _encode_rows(encode_sft, rows, spec, task, cfg):
+    try:
+        return encode_sft(rows, spec, task.template, task.tokenizer, cfg)
+    except ConfigError as err:
+        if "no usable samples" in str(err):  # every row of this stretch dropped: look further
+            return None
+        raise
+
+
+def marked_text(tokenizer, ids: list[int], labels: list[int]) -> str:
+    """The sample's text, each stretch that carries no loss between « and »."""
+    out, run, trained = [], [], None
+    for token, label in zip(ids, labels):
+        is_trained = label != IGNORE
+        if run and is_trained != trained:
+            out.append(_span(tokenizer, run, trained))
+            run = []
+        run.append(token)
+        trained = is_trained
+    if run:
+        out.append(_span(tokenizer, run, trained))
+    return "".join(out)
+
+
+def _span(tokenizer, ids: list[int], trained: bool) -> str:
+    text = tokenizer.decode(ids, skip_special_tokens=False)
+    return text if trained else f"{NO_LOSS_OPEN}{text}{NO_LOSS_CLOSE}"
+
+
+def render(tokenizer, samples: list[tuple[list[int], list[int]]], as_json: bool) -> str:
+    if as_json:
+        return "".join(json.dumps({"input_ids": ids, "labels": labels}) + "\n" for ids, labels in samples)
+    blocks = [f"text within {NO_LOSS_OPEN} {NO_LOSS_CLOSE} carries no loss"]
+    for number, (ids, labels) in enumerate(samples, 1):
+        trained = sum(label != IGNORE for label in labels)
+        blocks.append(f"--- sample {number}: {len(ids)} tokens, {trained} with loss ---\n"
+                      f"{marked_text(tokenizer, ids, labels)}")
+    return "\n".join(blocks) + "\n"
+
+
+def run_preview(args: list[str], n: int, as_json: bool) -> str:
+    from .config.loader import load_config
+    cfg = load_config(args)
+    datasets.disable_progress_bars()
+    tokenizer, samples = preview_samples(cfg, n)
+    return render(tokenizer, samples, as_json)
