@@ -120,6 +120,13 @@ class VideoVAETask(Task):
         log.info("causal VAE %s: %s parameters", cfg.model_config_, ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
         return model
 
+    def read_weights(self, source: str) -> dict[str, torch.Tensor]:
+        """load_from_checkpoint in every form a seed user has (checkpoint_forms.py): an Open-Sora-Plan
+        folder or training checkpoint, a bare state dict, mindone's MindSpore .ckpt, ember's export
+        or checkpoint, under this model's names (a fresh discriminator where the source has none)."""
+        from .checkpoint_forms import task_model_tensors
+        return task_model_tensors(self.model, source, self.cfg.ignore_mismatched_sizes)
+
     def recomputed_blocks(self, model: VideoVAEModel) -> list[nn.Module]:
         """The VAE's residual and attention blocks (not the small discriminator's layers)."""
         return repeated_blocks(model.vae)
@@ -194,7 +201,8 @@ class VideoVAETask(Task):
 
     # ---- export -------------------------------------------------------------------------
     def export(self, model, path: str, state_dict: dict | None = None) -> None:
-        """A folder CausalVAE.from_pretrained reads: config.json + model.safetensors (EMA weights when on)."""
+        """Open-Sora-Plan's VAE folder (config.json + diffusion_pytorch_model.safetensors, its names),
+        which its CausalVAEModel.from_pretrained and ember's read; the EMA weights when on."""
         if model.ema is not None:
             vae_state = model.ema.state_for(model.vae)
         elif state_dict is not None:
