@@ -50,7 +50,7 @@ def test_seed_command_scaled_down_runs_and_saves_every_save_steps(videos, tmp_pa
     config = (out / "config.yaml").read_text()
     assert "run_name: 9x32x32_optimized" in config and "bf16: true" in config
     assert len([m for m in metrics(out) if "loss" in m]) == 4
-    assert CausalVAE.from_pretrained(out).config.base_channels == 16
+    assert CausalVAE.from_pretrained(out).config.hidden_size == 32  # the export is Open-Sora-Plan's folder
     # the seed's --load_from_checkpoint starts a new run from those weights
     again = tmp_path / "again"
     assert main(["train", "--task", "video_vae", "--model_config", "causal_vae-tiny", "--video_path",
@@ -77,7 +77,7 @@ def test_gan_ema_evaluation_and_reconstructions(videos, tmp_path):
     from safetensors.torch import load_file
     saved = load_file(str(out / "checkpoint-3" / "model.safetensors"))
     assert any(k.startswith("ema.") for k in saved) and any(k.startswith("discriminator.") for k in saved)
-    exported = load_file(str(out / "model.safetensors"))
+    exported = load_file(str(out / "diffusion_pytorch_model.safetensors"))
     ema_weight = saved["ema.decoder__conv_out__conv__weight"]
     assert torch.equal(exported["decoder.conv_out.conv.weight"], ema_weight)  # export uses the EMA
 
