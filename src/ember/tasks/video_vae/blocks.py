@@ -142,11 +142,11 @@ class AttnBlock3DFix(nn.Module):
         h = self.norm(x_bcthw)
         b, c, t, hh, ww = x_bcthw.shape
 
-        def tokens(y_bcthw):  # (b·t, 1 head, h·w, c)
-            return y_bcthw.permute(0, 2, 3, 4, 1).reshape(b * t, 1, hh * ww, c)
+        def tokens(y_bcthw):  # (b·t, 1 head, h·w, c), laid out as the reference's (same kernel, same rounding)
+            return y_bcthw.permute(0, 2, 3, 4, 1).reshape(b * t, hh * ww, c).contiguous().unsqueeze(2).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(tokens(self.q(h)), tokens(self.k(h)), tokens(self.v(h)))
-        out_bcthw = out.reshape(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
+        out_bcthw = out.transpose(1, 2).reshape(b, t, hh, ww, c).permute(0, 4, 1, 2, 3)
         return x_bcthw + self.proj_out(out_bcthw)
 
 
