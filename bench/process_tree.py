@@ -4,10 +4,13 @@ LLaMA-Factory and ember may start helper processes (dataset preprocessing worker
 workers, a launcher that re-executes itself), so the main process's own peak (`wait4`'s
 ru_maxrss) can miss memory the run really needed. While the command runs, its tree (the process
 and every descendant, found through /proc) is sampled every `interval` seconds and the highest
-sum of resident sets is kept. A sum of RSS counts pages shared between processes once per process
-(fork-inherited libraries), so it errs high when there are workers. Beside it, the kernel's
-ru_maxrss from wait4: the peak of the largest single process of the tree (the main process's,
-or a waited-for descendant's), which is what bench/harness.py reports for the other contenders.
+total is kept: the main process's resident set plus each descendant's private memory (USS:
+Private_Clean + Private_Dirty of /proc/PID/smaps_rollup). A plain sum of resident sets would
+count the pages a forked child shares with its parent twice: a library that forks to run
+`ldconfig` (ctypes.util.find_library does) briefly shows a second copy of the whole parent.
+Beside it, the kernel's ru_maxrss from wait4: the peak of the largest single process of the
+tree (the main process's, or a waited-for descendant's), which is what bench/harness.py reports
+for the other contenders.
 """
 from __future__ import annotations
 
@@ -29,24 +32,27 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _rss_kb(pid: int) -> int:
+def _field_kb(path: str, names: tuple[str, ...]) -> int:
+    total = 0
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0  # a zombie or a process that just ended
+        for line in Path(path).read_text().splitlines():
+            if line.split(":")[0] in names:
+                total += int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass  # a process that just ended
+    return total
 
 
 def tree_rss_kb(root: int) -> int:
-    total, stack, seen = 0, [root], set()
+    """The root's RSS plus every descendant's private memory, in kB."""
+    total = _field_kb(f"/proc/{root}/status", ("VmRSS",))
+    stack, seen = _children(root), {root}
     while stack:
         pid = stack.pop()
         if pid in seen:
             continue
         seen.add(pid)
-        total += _rss_kb(pid)
+        total += _field_kb(f"/proc/{pid}/smaps_rollup", ("Private_Clean", "Private_Dirty"))
         stack += _children(pid)
     return total
 
