@@ -92,6 +92,6 @@ def test_weights_of_another_size_name_the_config_to_use(tmp_path):
     shutil.copy(FIXTURES / "tiny_config.json", tmp_path / "config.json")
     shutil.copy(FIXTURES / "tiny_model.safetensors", tmp_path / "diffusion_pytorch_model.safetensors")
     task, model = task_and_model(model_config="causal_vae-tiny")  # one residual block per level, not two
-    with pytest.raises(ConfigError, match=r"64 unknown: decoder.up.0.block.2.*set model_config: .*config.json") as err:
+    with pytest.raises(ConfigError, match=r"64 unknown: decoder.up.0.block.2.*set model_config: .*config.json \(the config.json beside") as err:
         load(task, model, tmp_path)
     assert "\n" not in str(err.value)

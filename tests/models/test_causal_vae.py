@@ -79,6 +79,8 @@ def test_a_training_recipe_config_builds_the_same_network():
     assert release == CausalVAEConfig.from_spec("causal_vae-488")
     with pytest.raises(ConfigError, match="unknown keys \\['hiden_size'\\]"):
         CausalVAEConfig.from_dict({"hiden_size": 64})
+    with pytest.raises(ConfigError, match="ember's earlier video VAE"):
+        CausalVAEConfig.from_dict({"model_type": "causal_vae", "base_channels": 16, "channel_mult": [1, 2]})
     with pytest.raises(ConfigError, match="encoder_attention 'Attention' is not a module"):
         CausalVAEConfig.from_dict({"encoder_attention": "Attention"})
 

@@ -122,7 +122,10 @@ def _weights_file(path: Path) -> VAEWeights:
 
 def _ember_checkpoint(folder: Path) -> VAEWeights:
     """checkpoint-<step>/model.safetensors: the task model's names (vae., discriminator., ema.)."""
-    tensors = load_file(str(folder / "model.safetensors"))
+    try:
+        tensors = load_file(str(folder / "model.safetensors"))
+    except Exception as err:
+        raise ConfigError(f"cannot read {folder / 'model.safetensors'}: {first_line(err)}") from None
     ema = {k[len("ema."):].replace("__", "."): v for k, v in tensors.items() if k.startswith("ema.")}
     out = split_flat({k: v for k, v in tensors.items() if not k.startswith("ema.")})
     out.ema = ema or None
@@ -157,7 +160,10 @@ def config_for(source: str | Path) -> str:
     run_config = folder.parent / "config.yaml"
     if path.is_dir() and run_config.is_file():
         import yaml
-        spec = (yaml.safe_load(run_config.read_text()) or {}).get("model_config")
+        try:
+            spec = (yaml.safe_load(run_config.read_text()) or {}).get("model_config")
+        except (yaml.YAMLError, AttributeError):
+            spec = None  # not a run's config: fall back to the seed's size
         if spec:
             return str(spec)
     return "causal_vae-488"
@@ -193,8 +199,10 @@ def task_model_tensors(model: torch.nn.Module, source: str, ignore_mismatched_si
     if not ignore_mismatched_sizes:  # else the engine loads what fits and names the rest
         problems = mismatches(model.vae.state_dict(), weights.vae)
         if problems:
-            hint = (f"; its config.json describes another size: set model_config: {config_for(source)}"
-                    if config_for(source).endswith("config.json") else "")
+            own_config = config_for(source)
+            hint = (f"; set model_config: {own_config} (the config.json beside the weights)"
+                    if own_config.endswith("config.json") else
+                    "; model_config must describe the network the weights were trained as (a preset or its config.json)")
             raise ConfigError(f"the VAE weights in {source} do not fit the model ({problems}){hint}")
     tensors = {f"vae.{k}": v for k, v in weights.vae.items()}
     own = model.state_dict()

@@ -114,6 +114,9 @@ class CausalVAEConfig:
 
     @classmethod
     def from_dict(cls, raw: dict, where: str = "causal VAE config") -> "CausalVAEConfig":
+        if "base_channels" in raw or "channel_mult" in raw:
+            raise ConfigError(f"{where} describes ember's earlier video VAE (base_channels, channel_mult), which "
+                              "Open-Sora-Plan's CausalVAE replaced; its weights do not load into this network")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known - IGNORED_KEYS)
         if unknown:
