@@ -64,5 +64,11 @@ def _check_optimizers(cfg) -> None:
         if getattr(cfg, flag):
             raise ConfigError(f"{flag} (one optimizer stepped per layer during backward) is not available: ember steps "
                               "after the whole backward, which gradient accumulation and clipping need; set it false")
+    if cfg.use_badam and cfg.resume_from_checkpoint not in (None, "false"):
+        raise ConfigError("use_badam cannot resume: BAdam's active block and its step count are not part of its "
+                          "saved state (load_from_checkpoint starts a new run from the weights)")
+    if cfg.use_badam and cfg.nproc_per_node * cfg.nnodes > 1:
+        raise ConfigError("use_badam changes which weights train during the run, which DDP fixes at the start; "
+                          "run it in one process")
     if cfg.use_badam and cfg.badam_mode == "ratio":
         raise ConfigError("badam_mode ratio (a sparse mask inside each weight) is not available; use badam_mode layer")

@@ -68,7 +68,7 @@ class BatchGroup(Group):
     max_steps: int = Field(-1, description="optimizer steps to run; overrides num_train_epochs when > 0")
 
 
-class OptimGroup(Group):
+class OptimGroup(OptimizerMethodsGroup):  # its use_* keys (GaLore, ..., Muon) are part of choosing the optimizer
     """Optimizer"""
     optim: Literal[OPTIMIZERS] = Field("adamw", description="optimizer; adamw_8bit needs bitsandbytes")  # type: ignore[valid-type]
     learning_rate: float = Field(5e-5, gt=0, description="peak learning rate")
@@ -141,7 +141,7 @@ class OutputGroup(Group):
     logging_steps: int = Field(10, gt=0, description="log metrics every N steps")
     save_steps: int = Field(500, ge=0, description="write a checkpoint every N steps; 0 = only the final model")
     plot_loss: bool = Field(False, description="write training_loss.png (and training_eval_loss.png)")
-    report_to: Literal["none", "tensorboard", "wandb"] = Field("none", description="metrics backend besides metrics.jsonl; wandb runs offline (synced later with `wandb sync`) unless WANDB_API_KEY or WANDB_MODE say otherwise")
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = Field("none", description="metrics backend besides metrics.jsonl; wandb runs offline (synced later with `wandb sync`) unless WANDB_API_KEY or WANDB_MODE say otherwise; mlflow writes to MLFLOW_TRACKING_URI, by default a file store in output_dir/mlruns")
     run_name: str | None = Field(None, description="name of the run in logs and trackers (default: built from the model, batch, steps, learning rates and date)")
     disable_tqdm: bool = Field(False, description="plain log lines instead of a progress bar")
 
@@ -199,7 +199,7 @@ FAMILY_GROUPS: dict[str, type[Group]] = family_key_groups()
 
 GROUPS: tuple[type[Group], ...] = (
     TaskGroup, DataGroup, BatchGroup, OptimGroup, ScheduleGroup, PrecisionGroup, EvalGroup, OutputGroup, CheckpointGroup,
-    FinetuneGroup, AdapterMethodsGroup, OptimizerMethodsGroup, DistributedGroup, *FAMILY_GROUPS.values(),
+    FinetuneGroup, AdapterMethodsGroup, DistributedGroup, *FAMILY_GROUPS.values(),
 )
 
 

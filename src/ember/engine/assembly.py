@@ -10,6 +10,7 @@ import torch
 from ..config.errors import ConfigError
 from .checkpoint.weights import load_weights, read_weights
 from .optim import build_optimizer, default_param_groups
+from .optimizers import method_optimizer
 from .recompute import checkpoint_blocks
 from .runtime import compile_model
 
@@ -43,7 +44,11 @@ def initial_tensors(task, source: str) -> dict[str, torch.Tensor]:
 
 
 def build_optimizers(task, raw: torch.nn.Module, cfg, device: torch.device, world) -> dict:
-    """One optimizer per entry of the task's param_groups (one, "model", by default)."""
+    """One optimizer per entry of the task's param_groups (one, "model", by default), or the one
+    optimizer a use_* key names (GaLore, APOLLO, BAdam, Adam-mini, Muon) over the whole model."""
+    special = method_optimizer(raw, cfg)
+    if special is not None:
+        return {"model": special}
     groups = task.param_groups(raw) or default_param_groups(raw, cfg)
     if len(groups) > 1 and world.strategy == "fsdp":
         # each optimizer's gradients are kept apart by backward(inputs=its parameters), and

@@ -18,12 +18,15 @@ class MetricsLog:
         self.enabled = enabled
         self.every, self.last = cfg.logging_steps, total_steps
         self.path = Path(cfg.output_dir) / "metrics.jsonl"
-        self.tb = self.wandb = None
+        self.tb = self.wandb = self.mlflow = None
         if enabled and cfg.report_to == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(log_dir=str(Path(cfg.output_dir) / "tensorboard"))
         if enabled and cfg.report_to == "wandb":
             self.wandb = start_wandb(cfg, run_name)
+        if enabled and cfg.report_to == "mlflow":
+            from .mlflow_run import MlflowRun
+            self.mlflow = MlflowRun(cfg, run_name)
 
     def should_log(self, step: int) -> bool:
         """Training metrics every logging_steps, and at the last step."""
@@ -45,12 +48,16 @@ class MetricsLog:
             rest = {k: v for k, v in numbers.items() if k not in external}
             if rest:
                 self.wandb.log(rest, step=record["step"])
+        if self.mlflow is not None:
+            self.mlflow.log(numbers, record["step"])
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.mlflow is not None:
+            self.mlflow.close()
 
 
 def start_wandb(cfg, run_name: str):
@@ -95,7 +102,7 @@ class Progress:
             return
         step = record["step"]
         rate = (step - self.s0) / max(1e-9, time.perf_counter() - self.t0)
-        parts = [f"loss {record['loss']:.4f}", f"lr {record['lr']:.2e}"]
+        parts = ([f"loss {record['loss']:.4f}"] if "loss" in record else []) + [f"lr {record['lr']:.2e}"]
         if "tokens_per_sec" in record:
             parts.append(f"{record['tokens_per_sec']:,.0f} tok/s")
         if self.bar is not None:
