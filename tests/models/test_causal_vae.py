@@ -136,6 +136,23 @@ def test_shapes_images_and_frame_counts():
     assert vae.last_layer_weight() is vae.decoder.conv_out.conv.weight  # the reference's get_last_layer
 
 
+@pytest.mark.parametrize("variant", [
+    {},  # CausalVAEModel's own defaults: SpatialDownsample2x, TimeDownsample2x, AttnBlock3D
+    {"norm_type": "layernorm", "attn_resolutions": [32], "encoder_conv_in": "Conv2d",
+     "decoder_spatial_upsample": ["", "Upsample", "Upsample", "Upsample"],
+     "decoder_temporal_upsample": ["", "", "TimeUpsampleRes2x", "TimeUpsampleRes2x"],
+     "encoder_temporal_downsample": ["", "TimeDownsampleRes2x", "TimeDownsampleRes2x", ""],
+     "encoder_resnet_blocks": ["ResnetBlock2D", "ResnetBlock2D", "ResnetBlock3D", "ResnetBlock3D"]},
+])
+def test_other_reference_module_choices_build_and_run(variant):
+    vae = CausalVAE.from_config({"hidden_size": 32, "hidden_size_mult": [1, 1, 1, 1], "num_res_blocks": 1, **variant})
+    with torch.no_grad():
+        recon, posterior = vae(torch.randn(1, 3, 5, 32, 32))
+    assert recon.shape == (1, 3, 5, 32, 32) and posterior.mean.shape == (1, 4, 2, 4, 4)
+    # attention inside the level whose resolution (of `resolution` 256) is 32: the deepest
+    assert [len(vae.encoder.down[3].attn), len(vae.decoder.up[3].attn)] == ([1, 2] if variant else [0, 0])
+
+
 def test_posterior_sampling_and_kl():
     posterior = DiagonalGaussian(torch.zeros(2, 8, 3, 4, 4))
     assert torch.allclose(posterior.kl(), torch.zeros(2))

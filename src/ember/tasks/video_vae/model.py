@@ -200,7 +200,7 @@ class CausalVAE(nn.Module):
         return DiagonalGaussian(self.quant_conv(h) if self.config.use_quant_layer else h)
 
     def decode(self, z_bzthw: torch.Tensor) -> torch.Tensor:
-        z_bzthw = z_bzthw.to(self.decoder.norm_out.weight.dtype)
+        z_bzthw = z_bzthw.to(self.last_layer_weight().dtype)
         return self.decoder(self.post_quant_conv(z_bzthw) if self.config.use_quant_layer else z_bzthw)
 
     def forward(self, x_bcthw: torch.Tensor, sample: bool = True,
