@@ -56,9 +56,13 @@ def export_merged(cfg: ExportConfig) -> Path:
             raise ConfigError(f"adapter_name_or_path: {adapter} has no adapter_config.json")
         if read_json_object(adapter / "adapter_config.json", "adapter_name_or_path").get("base_model_name_or_path") is None:
             log.warning("the adapter does not record its base model; assuming %s", cfg.model_name_or_path)
-        base = load_adapter(base, str(adapter)).merge_and_unload()
         if (adapter / "tokenizer_config.json").is_file():
             tokenizer_source = str(adapter)  # it carries the chat template used in training
+            # a template may have added tokens in training (stop words): the adapter's embeddings have them
+            vocab = len(load_tokenizer(tokenizer_source, "adapter_name_or_path"))
+            if base.get_input_embeddings().num_embeddings < vocab:
+                base.resize_token_embeddings(vocab)
+        base = load_adapter(base, str(adapter)).merge_and_unload()
     out = Path(cfg.export_dir)
     out.mkdir(parents=True, exist_ok=True)
     base.save_pretrained(out, max_shard_size=f"{int(cfg.export_size * 1024)}MB")
