@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from .errors import ConfigError
+from .foreign_llamafactory import INSTEAD_LF, NO_EFFECT_LF
 
 log = logging.getLogger("ember")
 
@@ -57,6 +58,10 @@ INSTEAD = {
     "create_new_adapter": "continuing adapter_name_or_path trains that adapter; merge it first (ember export) "
                           "to start a new one on top",
 }
+
+# the rest of LLaMA-Factory's own keys, each with its reason
+NO_EFFECT.update(NO_EFFECT_LF)
+INSTEAD.update(INSTEAD_LF)
 
 
 def take_foreign_keys(raw: dict[str, Any]) -> dict[str, Any]:
