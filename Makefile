@@ -12,6 +12,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	# LPIPS heads for the video VAE's perceptual loss; --no-deps: lpips asks for torchvision, whose only
+	# wheels for torch 2.13 are CUDA builds that do not import beside the CPU torch (ember builds the trunk)
+	$(PY) -m pip install --quiet --no-deps "$(TORCH)" "lpips==0.1.4"
 	# the browser tests/web drives (Debian's chromium; no browser is downloaded at test time)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) || \
 		echo "chromium could not be installed: tests/web's browser tests will be skipped"

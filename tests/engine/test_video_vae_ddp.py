@@ -40,7 +40,8 @@ def video_config(videos: Path) -> dict:
     return dict(task="video_vae", model_config="causal_vae-tiny", video_path=str(videos / "train"),
                 eval_dataset=str(videos / "val"), video_num_frames=5, resolution=16, clips_per_video=2,
                 max_steps=STEPS, save_steps=STEPS, logging_steps=1, eval_steps=STEPS, num_recon_clips=0,
-                optim="sgd", momentum=0.9, learning_rate=0.05, ema_decay=0.5, disc_channels=8, seed=3,
+                optim="sgd", momentum=0.9, learning_rate=0.05, use_ema=True, ema_decay=0.5,
+                use_discriminator=True, disc_channels=8, perceptual_weight=0.0, seed=3,
                 disable_tqdm=True)
 
 

@@ -47,6 +47,11 @@ class Precision:
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=cfg.init_loss_scale)
                        if self.name == "fp16" else None)
         self.skipped_steps = 0
+        if self.name != "fp16" and "init_loss_scale" in getattr(cfg, "model_fields_set", ()):
+            # seed 000 passes --init_loss_scale 512 with --precision bf16: mindone scales every
+            # low-precision loss, torch only needs it for fp16 (bf16 has fp32's exponent range)
+            log.warning("init_loss_scale %g is unused: only fp16 scales the loss, and this run is %s",
+                        cfg.init_loss_scale, self.name)
         if device.type == "cpu" and self.name in ("bf16", "pure_bf16") and not cpu_has_bf16():
             log.warning("%s on a CPU without bf16 instructions (AVX512-BF16 or AMX): bf16 is emulated there and "
                         "slower than fp32", self.name)

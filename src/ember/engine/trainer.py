@@ -191,16 +191,19 @@ class Trainer:
             total = world.sum(window.counts[name]).item()
             losses[name] = (world.sum(window.sums[name]).item() / max(total, 1), total)
         main = next(iter(self.optimizers))  # the first optimizer's loss is `loss`, the others `loss_<name>`
-        loss, count = losses.pop(main)
-        grad_norm = grad_norms[main]
+        # a window of a GAN's discriminator-only steps (video_vae alternates) has no first-optimizer
+        # loss: its record then leaves loss and grad_norm out rather than inventing them
+        loss, count = losses.pop(main, (None, 0))
+        grad_norm = grad_norms.get(main)
         grad_norm = grad_norm.full_tensor() if isinstance(grad_norm, DTensor) else grad_norm
         self.state["tokens_seen"] += int(count)
         record = {"step": self.state["step"], "epoch": round(self.stream.epoch, 4),
-                  "loss": loss, "lr": lr, "grad_norm": grad_norm.item(),
+                  "loss": loss, "lr": lr, "grad_norm": None if grad_norm is None else grad_norm.item(),
                   "tokens_per_sec": count / elapsed, "tokens_seen": self.state["tokens_seen"],
                   # other optimizers' losses as loss_<name>; a task's extra metrics under their own names
                   **{f"loss_{name}" if name in self.optimizers else name: value for name, (value, _) in losses.items()},
                   "data_wait": window.wait / elapsed}  # share of the time spent waiting for batches
+        record = {k: v for k, v in record.items() if v is not None}
         if self.peak_flops is not None:
             flops = float(world.sum(torch.as_tensor(window.flops, dtype=torch.float64, device=self.device)))
             record["mfu"] = flops / elapsed / (self.peak_flops * world.size)  # peak: logged at set-up

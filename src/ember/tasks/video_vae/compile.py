@@ -20,18 +20,19 @@ class CompiledForward:
         self.options = {"mode": "max-autotune"} if jit_level == "O2" else {}
         self.compiled = {}
 
-    def __call__(self, module: torch.nn.Module, *args, **kwargs):
+    def __call__(self, module: torch.nn.Module, method: str, *args):
+        """module.<method>(*args) (the VAE's encode or decode), compiled once per method."""
         if not self.enabled:
-            return module(*args, **kwargs)
-        key = id(module)
+            return getattr(module, method)(*args)
+        key = (id(module), method)
         if key not in self.compiled:
-            self.compiled[key] = torch.compile(module, dynamic=False, **self.options)
-            log.info("mode 0: compiling the VAE with torch.compile%s (the first steps are slow)",
+            self.compiled[key] = torch.compile(getattr(module, method), dynamic=False, **self.options)
+            log.info("mode 0: compiling the VAE's %s with torch.compile%s (the first steps are slow)", method,
                      " (max-autotune)" if self.options else "")
         try:
-            return self.compiled[key](*args, **kwargs)
+            return self.compiled[key](*args)
         except Exception as err:  # torch._dynamo / inductor raise many types; eager always works
             self.enabled = False
             log.warning("mode 0: torch.compile does not run here (%s); continuing in eager mode (mode 1)",
                         str(err).splitlines()[0][:200])
-            return module(*args, **kwargs)
+            return getattr(module, method)(*args)

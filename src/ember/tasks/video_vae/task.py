@@ -1,10 +1,17 @@
-"""Causal video VAE (seed 000, Open-Sora-Plan's train_causalvae.py): reconstruction + KL, and from
-disc_start a 3D PatchGAN whose generator term is weighted adaptively. The VAE and the discriminator
-are two optimizers ("vae" first, so its loss is logged as `loss`; the discriminator's as `loss_disc`).
+"""Causal video VAE (seed 000: Open-Sora-Plan's CausalVAE trained as mindone's train_causalvae.py
+trains it), with the loss of Open-Sora-Plan's LPIPSWithDiscriminator3D (losses.py). The VAE and the
+discriminator are two optimizers ("vae" first, so its loss is logged as `loss`; the discriminator's
+as `loss_disc`).
 
-Loss normalisation: the VAE loss is summed over pixel values and counted in pixel values, i.e. a
-per-pixel mean L1/L2 + kl_weight × KL / pixels — Open-Sora-Plan's per-clip sums divided by the
-pixels of a clip, so kl_weight keeps its meaning. The discriminator's loss is a mean per clip.
+Steps, as the reference alternates them: before disc_start (or without use_discriminator) every
+step trains the VAE; from disc_start, odd steps train only the discriminator and even steps only
+the VAE, whose loss then carries the adaptively weighted GAN term. The EMA follows VAE steps.
+
+Loss normalisation, as the reference's: the VAE loss of a batch is Σ nll / (B·T) + kl_weight ·
+Σ KL / B + GAN term, returned to the engine as that value × B·T over a count of B·T frames, so
+accumulation and ranks average it per frame exactly as one large batch would; the
+discriminator's loss is a mean per clip, returned over a count of B clips. The loss's terms
+(rec_loss, nll_loss, kl_loss, g_loss, d_weight) are logged beside it.
 """
 from __future__ import annotations
 
@@ -20,59 +27,84 @@ from ...engine.optim import decay_split
 from ...engine.task import Loss, Task
 from .compile import CompiledForward
 from .data import build_video_datasets, collate_clips
-from .discriminator import PatchDiscriminator3D
+from .discriminator import NLayerDiscriminator3D
 from .ema import EMAWeights
 from .losses import (
     adaptive_generator_weight,
     discriminator_loss,
     generator_adversarial_loss,
+    kl_loss,
+    lpips_per_frame,
     psnr,
-    reconstruction_sum,
+    reconstruction_nll,
     ssim,
 )
-from .model import CausalVAE, CausalVAEConfig, clip_noise, repeated_blocks
+from .model import CausalVAE, CausalVAEConfig, repeated_blocks
+from .precision_policy import carry_low_precision
 from .recon import write_reconstructions
 
 log = logging.getLogger("ember")
 
 
 class VideoVAEModel(nn.Module):
-    """What the engine trains and checkpoints: the VAE, its discriminator and the EMA (buffers).
+    """What the engine trains and checkpoints: the VAE, the loss's log-variance scalar (`logvar`,
+    the reference's `loss.logvar`), its discriminator (`discriminator.main.*`, the reference's
+    `loss.discriminator.main.*`) and the EMA (buffers).
 
     Training calls the model itself, once per micro-batch, so that a DDP wrapper's hooks see every
     parameter the step uses; calling `model.vae` or `model.discriminator` directly would bypass
     them and leave gradients unsynchronised across ranks.
     """
 
-    def __init__(self, vae: CausalVAE, discriminator: nn.Module | None, ema: bool):
+    def __init__(self, vae: CausalVAE, discriminator: nn.Module | None, ema: bool, logvar_init: float = 0.0):
         super().__init__()
         self.vae = vae
+        # learn_logvar is off in the reference (and mindone never updates it): a fixed parameter
+        self.logvar = nn.Parameter(torch.full((), float(logvar_init)), requires_grad=False)
         self.discriminator = discriminator
         self.ema = EMAWeights(vae) if ema else None
 
-    def forward(self, x_bcthw: torch.Tensor, sample: bool = True, gan: bool = False, run=None,
-                noise_seeds: list[int] | None = None) -> dict:
-        """The reconstruction and each clip's KL; with `gan`, the discriminator's logits too.
+    def forward(self, x_bcthw: torch.Tensor, sample: bool = True, part: str = "vae", gan: bool = False,
+                run=None, noise_seeds: list[int] | None = None) -> dict:
+        """part "vae": the reconstruction and posterior, with `gan` the discriminator's logits of
+        it (its gradient reaches the VAE). part "disc": the VAE without gradients, then the
+        discriminator's logits of the real and reconstructed clips.
 
-        run(module, *args, **kwargs) calls the VAE (a compiled forward under mode 0); noise_seeds
-        seed each clip's posterior noise (else it comes from the global generator).
+        run(module, method, *args) calls the VAE (compiled under mode 0); noise_seeds seed each
+        clip's posterior noise (else it comes from the global generator).
         """
-        noise = None
-        if sample and noise_seeds is not None:
-            shape = self.vae.config.latent_shape(*x_bcthw.shape[2:])
-            noise = clip_noise(noise_seeds, shape).to(x_bcthw.device)
-        recon_bcthw, posterior = (run or _call)(self.vae, x_bcthw, sample=sample, noise=noise)
-        out = {"recon": recon_bcthw, "kl": posterior.kl()}
-        if gan:
-            out["logits_fake"] = self.discriminator(recon_bcthw)  # the generator's term: reaches the VAE
-            # the discriminator's own terms see detached clips: its loss never reaches the VAE
+        run = run or _call
+        with torch.set_grad_enabled(part == "vae" and torch.is_grad_enabled()):
+            posterior = run(self.vae, "encode", x_bcthw)
+            z = posterior.mean
+            if sample:
+                noise = (torch.randn_like(z) if noise_seeds is None
+                         else clip_noise(noise_seeds, tuple(z.shape[1:])).to(z.device, z.dtype))
+                z = z + torch.exp(0.5 * posterior.logvar) * noise
+            recon_bcthw = run(self.vae, "decode", z)
+        out = {"recon": recon_bcthw, "mean": posterior.mean, "logvar": posterior.logvar}
+        if part == "vae" and gan:
+            # the discriminator as a fixed function here: its weights stay out of this graph, so a
+            # VAE step leaves them no gradient (and DDP does not wait for one)
+            self.discriminator.requires_grad_(False)
+            try:
+                out["logits_fake"] = self.discriminator(recon_bcthw)
+            finally:
+                self.discriminator.requires_grad_(True)
+        if part == "disc":
             out["logits_real"] = self.discriminator(x_bcthw.detach())
-            out["logits_fake_detached"] = self.discriminator(recon_bcthw.detach())
+            out["logits_fake"] = self.discriminator(recon_bcthw.detach())
         return out
 
 
-def _call(module: nn.Module, *args, **kwargs):
-    return module(*args, **kwargs)
+def _call(module: nn.Module, method: str, *args):
+    return getattr(module, method)(*args)
+
+
+def clip_noise(seeds: list[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """Standard normal noise of `shape` for each clip, clip i's from a generator seeded by seeds[i]:
+    a clip's noise then depends on its seed alone, not on the batch it shares."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
 
 
 class VideoVAETask(Task):
@@ -82,9 +114,12 @@ class VideoVAETask(Task):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        # before disc_start the discriminator takes no part in a step: DDP must look for the
-        # parameters a forward leaves out
-        self.forward_may_skip_parameters = cfg.disc_start >= 0
+        self.gan = cfg.use_discriminator and cfg.disc_weight > 0
+        if cfg.use_discriminator and not self.gan:
+            log.warning("use_discriminator is set but disc_weight is 0: training without the discriminator")
+        # a step trains either the VAE or the discriminator: DDP must look for the parameters a
+        # forward leaves out
+        self.forward_may_skip_parameters = self.gan
         if cfg.distributed_strategy == "fsdp":
             # the engine keeps the VAE's and the discriminator's gradients apart with
             # backward(inputs=their parameters); under FSDP2 those are sharded parameters the
@@ -92,9 +127,16 @@ class VideoVAETask(Task):
             # two-process run logs grad_norm 0.0). The EMA also mixes whole tensors with shards.
             raise ConfigError("task video_vae does not support distributed_strategy: fsdp; use ddp (the default), "
                               "which replicates the VAE on every process")
-        if cfg.perceptual_weight > 0:
-            raise ConfigError("perceptual_weight > 0 needs an LPIPS network, and none ships with ember nor can be "
-                              "downloaded here (perceptual_weights is not supported yet); set perceptual_weight: 0")
+        self.perceptual = None
+        if cfg.perceptual_weight > 0:  # read now: a missing file stops the run before any work
+            from .lpips_loss import build_lpips
+            self.perceptual = build_lpips("vgg", cfg.perceptual_weights, "perceptual_weights")
+        self.eval_lpips = None
+        if cfg.eval_lpips:
+            from .lpips_loss import build_lpips
+            self.eval_lpips = build_lpips("alex", cfg.eval_lpips_weights, "eval_lpips_weights", spatial=True)
+        if cfg.wavelet_loss:
+            log.info("wavelet_loss: CausalVAE gives no wavelet coefficients, so the wavelet term is 0 (as in the reference)")
         self.vae_config = CausalVAEConfig.from_spec(cfg.model_config_)
         step = self.vae_config.temporal_factor
         self.num_frames = 1 + (cfg.video_num_frames - 1) // step * step
@@ -104,6 +146,7 @@ class VideoVAETask(Task):
         self.forward = CompiledForward(cfg.mode, cfg.jit_level)
         self.trained_to = 0  # the step the weights have reached, names the reconstructions
         self.written_at: int | None = None
+        self.vae_stepped = False  # whether the last step trained the VAE (the EMA follows those)
 
     # ---- data and model -----------------------------------------------------------------
     def build_data(self):
@@ -112,9 +155,9 @@ class VideoVAETask(Task):
 
     def build_model(self) -> nn.Module:
         cfg = self.cfg
-        discriminator = (PatchDiscriminator3D(self.vae_config.in_channels, cfg.disc_channels)
-                         if cfg.disc_start >= 0 else None)
-        model = self.model = VideoVAEModel(CausalVAE(self.vae_config), discriminator, ema=cfg.ema_decay > 0)
+        discriminator = NLayerDiscriminator3D(3, cfg.disc_channels) if self.gan else None
+        model = self.model = VideoVAEModel(CausalVAE(self.vae_config), discriminator, ema=cfg.use_ema,
+                                           logvar_init=cfg.logvar_init)
         sizes = {name: sum(p.numel() for p in part.parameters()) for name, part in model.named_children()
                  if name != "ema" and part is not None}
         log.info("causal VAE %s: %s parameters", cfg.model_config_, ", ".join(f"{k} {v:,}" for k, v in sizes.items()))
@@ -139,31 +182,60 @@ class VideoVAETask(Task):
         return groups
 
     # ---- one step -----------------------------------------------------------------------
+    def discriminator_step(self, step: int) -> bool:
+        """From disc_start, odd steps train the discriminator alone, as the reference alternates."""
+        return self.gan and step >= self.cfg.disc_start and step % 2 == 1
+
     def training_step(self, model, batch, step: int) -> dict[str, Loss]:
         self.trained_to = step + 1
-        gan = self.model.discriminator is not None and step >= self.cfg.disc_start
-        return self._losses(model, batch, sample=True, gan=gan, seeds=self.noise_seeds(batch, step))
+        seeds = self.noise_seeds(batch, step)
+        if self.discriminator_step(step):
+            self.vae_stepped = False
+            return self._discriminator_loss(model, batch, seeds)
+        self.vae_stepped = True
+        return self._losses(model, batch, sample=True, gan=self.gan and step >= self.cfg.disc_start, seeds=seeds)
 
     def evaluation_step(self, model, batch) -> dict[str, Loss]:
         """The posterior mean, no GAN term: the reconstruction + KL loss of the VAE alone."""
         return self._losses(model, batch, sample=False, gan=False, seeds=None)
 
+    def _input(self, batch) -> torch.Tensor:
+        return batch["video"].to(self.model.vae.last_layer_weight().dtype)
+
     def _losses(self, model, batch, sample: bool, gan: bool, seeds: list[int] | None) -> dict[str, Loss]:
         cfg, inner = self.cfg, self.model  # `model` may be the DDP wrapper; `inner` is what it wraps
-        x_bcthw = batch["video"].to(inner.vae.quant_conv.weight.dtype)
-        out = model(x_bcthw, sample=sample, gan=gan, run=self.forward, noise_seeds=seeds)  # DDP's hooks see this
-        recon_bcthw, count = out["recon"], x_bcthw.numel()
-        rec_sum = reconstruction_sum(recon_bcthw, x_bcthw, cfg.recon_loss)
-        vae_total = rec_sum + cfg.kl_weight * out["kl"].sum()
-        if not gan:
-            return {"vae": Loss(vae_total, count)}
-        g_loss = generator_adversarial_loss(out["logits_fake"])
-        # from this rank's micro-batch alone, as Open-Sora-Plan computes it on each GPU
-        d_weight = adaptive_generator_weight(rec_sum / count, g_loss, inner.vae.last_layer_weight(), cfg.disc_weight)
-        d_loss = discriminator_loss(out["logits_real"], out["logits_fake_detached"], cfg.disc_loss)
+        x_bcthw = self._input(batch)
+        with carry_low_precision(inner.vae, cfg.amp_level):
+            out = model(x_bcthw, sample=sample, part="vae", gan=gan, run=self.forward, noise_seeds=seeds)
+        perceptual = self._perceptual(x_bcthw.device)
+        rec, nll = reconstruction_nll(x_bcthw, out["recon"], cfg.recon_loss, inner.logvar, perceptual,
+                                      cfg.perceptual_weight)
+        kl = kl_loss(out["mean"], out["logvar"])
+        total = nll + cfg.kl_weight * kl
+        n_frames = x_bcthw.shape[0] * x_bcthw.shape[2]
+        terms = {"rec_loss": rec, "nll_loss": nll, "kl_loss": kl}
+        if gan:
+            g_loss = generator_adversarial_loss(out["logits_fake"])
+            # from this rank's micro-batch alone, as Open-Sora-Plan computes it on each GPU
+            d_weight = adaptive_generator_weight(nll, g_loss, inner.vae.last_layer_weight(), cfg.disc_weight)
+            total = total + d_weight * g_loss  # disc_factor 1 from disc_start (the reference's default)
+            terms.update(g_loss=g_loss, d_weight=d_weight)
+        # metrics are summed over the same frames as the loss: per-batch values × frames
+        metrics = {name: value.detach() * n_frames for name, value in terms.items()}
+        return {"vae": Loss(total * n_frames, n_frames, metrics=metrics)}
+
+    def _discriminator_loss(self, model, batch, seeds: list[int] | None) -> dict[str, Loss]:
+        x_bcthw = self._input(batch)
+        with carry_low_precision(self.model.vae, self.cfg.amp_level):
+            out = model(x_bcthw, sample=True, part="disc", run=self.forward, noise_seeds=seeds)
+        d_loss = discriminator_loss(out["logits_real"], out["logits_fake"], self.cfg.disc_loss)
         batch_size = x_bcthw.shape[0]
-        return {"vae": Loss(vae_total + d_weight * g_loss * count, count),
-                "disc": Loss(d_loss * batch_size, batch_size)}
+        return {"disc": Loss(d_loss * batch_size, batch_size)}
+
+    def _perceptual(self, device: torch.device):
+        if self.perceptual is not None and self.perceptual.shift.device != device:
+            self.perceptual.to(device)
+        return self.perceptual
 
     def noise_seeds(self, batch: dict, step: int) -> list[int] | None:
         """One seed per clip from (seed, step, the clip's dataset index): the posterior noise a clip
@@ -174,20 +246,31 @@ class VideoVAETask(Task):
         return [random.Random(f"{self.cfg.seed}:{step}:{i}").getrandbits(63) for i in batch["index"].tolist()]
 
     def after_optimizer_step(self, model, step: int) -> None:
-        if model.ema is not None:
-            model.ema.update(model.vae, self.cfg.ema_decay)
+        """The EMA follows VAE steps; before ema_start_step it copies the weights (decay 0)."""
+        if model.ema is not None and self.vae_stepped:
+            model.ema.update(model.vae, self.cfg.ema_decay if step >= self.cfg.ema_start_step else 0.0)
 
     # ---- evaluation ---------------------------------------------------------------------
     def eval_metrics(self, model, batch) -> dict[str, float]:
-        x_bcthw = batch["video"].to(model.vae.quant_conv.weight.dtype)
-        recon_bcthw, _ = model.vae(x_bcthw, sample=False)
-        metrics = {"psnr": psnr(recon_bcthw, x_bcthw).item(), "ssim": ssim(recon_bcthw, x_bcthw).item()}
+        """PSNR, SSIM (and LPIPS with eval_lpips) per frame, averaged over frames, as the
+        reference's eval scripts compute them (losses.py); EMA weights' as ema_* too."""
+        x_bcthw = self._input(batch)
+        recon_bcthw = model.vae.decode(model.vae.encode(x_bcthw).mean)
+        metrics = self._quality(recon_bcthw, x_bcthw, "")
         if model.ema is not None:
             with model.ema.applied(model.vae):
-                recon_bcthw, _ = model.vae(x_bcthw, sample=False)
-            metrics.update(ema_psnr=psnr(recon_bcthw, x_bcthw).item(), ema_ssim=ssim(recon_bcthw, x_bcthw).item())
+                recon_bcthw = model.vae.decode(model.vae.encode(x_bcthw).mean)
+            metrics.update(self._quality(recon_bcthw, x_bcthw, "ema_"))
         self._maybe_write(x_bcthw, recon_bcthw)
         return metrics
+
+    def _quality(self, recon_bcthw: torch.Tensor, x_bcthw: torch.Tensor, prefix: str) -> dict[str, float]:
+        out = {f"{prefix}psnr": psnr(recon_bcthw, x_bcthw).item(), f"{prefix}ssim": ssim(recon_bcthw, x_bcthw).item()}
+        if self.eval_lpips is not None:
+            if self.eval_lpips.shift.device != x_bcthw.device:
+                self.eval_lpips.to(x_bcthw.device)
+            out[f"{prefix}lpips"] = lpips_per_frame(self.eval_lpips, recon_bcthw, x_bcthw).mean().item()
+        return out
 
     def _maybe_write(self, x_bcthw: torch.Tensor, recon_bcthw: torch.Tensor) -> None:
         """The first clips of each evaluation (EMA reconstructions when EMA is on), on the main rank."""
