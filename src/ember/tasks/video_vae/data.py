@@ -36,9 +36,12 @@ class VideoClipDataset(Dataset):
     a start seeded by (seed, video, draw) so runs and resumed runs see the same clips."""
 
     def __init__(self, entries: list[tuple[str, int]], num_frames: int, sample_rate: int, resolution: int,
-                 seed: int, clips_per_video: int = 1, random_start: bool = True):
+                 seed: int, clips_per_video: int = 1, random_start: bool = True, random_crop: bool = False,
+                 dynamic_sample: bool = False):
         self.entries, self.num_frames, self.sample_rate = entries, num_frames, sample_rate
         self.resolution, self.seed, self.clips_per_video, self.random_start = resolution, seed, clips_per_video, random_start
+        # mindone's flags: a random crop place, and a random stride in 1..sample_rate, per clip (seeded)
+        self.random_crop, self.dynamic_sample = random_crop, dynamic_sample
 
     def __len__(self) -> int:
         return len(self.entries) * self.clips_per_video
@@ -46,7 +49,10 @@ class VideoClipDataset(Dataset):
     def frame_indices(self, index: int) -> list[int]:
         video, draw = index % len(self.entries), index // len(self.entries)
         frames = self.entries[video][1]
-        stride = clip_stride(frames, self.num_frames, self.sample_rate) or 1  # None only under short_videos: pad
+        rate = self.sample_rate
+        if self.dynamic_sample:
+            rate = random.Random(f"{self.seed}:{video}:{draw}:stride").randint(1, self.sample_rate)
+        stride = clip_stride(frames, self.num_frames, rate) or 1  # None only under short_videos: pad
         spare = max(0, frames - (1 + (self.num_frames - 1) * stride))
         start = (random.Random(f"{self.seed}:{video}:{draw}").randint(0, spare) if self.random_start else spare // 2)
         return [min(start + k * stride, frames - 1) for k in range(self.num_frames)]
@@ -59,7 +65,11 @@ class VideoClipDataset(Dataset):
             path = self.entries[position % len(self.entries)][0]
             try:
                 frames_thwc = read_frames(path, self.frame_indices(position))
-                return {"video": to_clip_tensor(frames_thwc, self.resolution), "index": index}
+                crop_at = None
+                if self.random_crop:
+                    place = random.Random(f"{self.seed}:{position}:crop")
+                    crop_at = (place.random(), place.random())
+                return {"video": to_clip_tensor(frames_thwc, self.resolution, crop_at), "index": index}
             except Exception as err:  # any decoder failure: never stop the epoch for one file
                 log.warning("could not decode %s (%s); using the next video's clip instead", path, err)
         raise RuntimeError("no video in the dataset decodes any more")
@@ -70,9 +80,10 @@ def collate_clips(items: list[dict]) -> dict[str, torch.Tensor]:
             "index": torch.tensor([item["index"] for item in items])}
 
 
-def probe_videos(spec: str, num_frames: int, sample_rate: int, short_videos: str) -> list[tuple[str, int]]:
+def probe_videos(spec: str, num_frames: int, sample_rate: int, short_videos: str, root: str | None = None,
+                 column: str | None = None) -> list[tuple[str, int]]:
     """(path, frame count) of every usable file named by spec; the rest reported in one log line."""
-    files, cache_file = list_sources(spec)
+    files, cache_file = list_sources(spec, root, column)
     if not files:
         raise ConfigError(f"video_path {spec} holds no videos ({', '.join(VIDEO_SUFFIXES)}) or images "
                           f"({', '.join(IMAGE_SUFFIXES)})")
@@ -106,7 +117,9 @@ def clip_frames_for(entries: list[tuple[str, int]], requested: int) -> int:
 
 
 def build_video_datasets(cfg, num_frames: int) -> tuple[VideoClipDataset, VideoClipDataset | None]:
-    entries = probe_videos(cfg.dataset, num_frames, cfg.sample_rate, cfg.short_videos)
+    listed = cfg.data_file_path is not None and cfg.dataset == cfg.data_file_path  # mindone's data_file_path
+    entries = probe_videos(cfg.dataset, num_frames, cfg.sample_rate, cfg.short_videos,
+                           root=cfg.video_path if listed else None, column=cfg.video_column if listed else None)
     val_entries = None
     if cfg.eval_dataset:
         val_entries = probe_videos(cfg.eval_dataset, num_frames, cfg.sample_rate, cfg.short_videos)
@@ -118,7 +131,8 @@ def build_video_datasets(cfg, num_frames: int) -> tuple[VideoClipDataset, VideoC
         random.Random(cfg.seed).shuffle(shuffled)  # held-out videos, not held-out clips of seen videos
         val_entries, entries = sorted(shuffled[:held]), sorted(shuffled[held:])
     frames = clip_frames_for(entries, num_frames)
-    train = VideoClipDataset(entries, frames, cfg.sample_rate, cfg.resolution, cfg.seed, cfg.clips_per_video)
+    train = VideoClipDataset(entries, frames, cfg.sample_rate, cfg.resolution, cfg.seed, cfg.clips_per_video,
+                             random_crop=cfg.random_crop, dynamic_sample=cfg.dynamic_sample)
     val = (VideoClipDataset(val_entries, frames, cfg.sample_rate, cfg.resolution, cfg.seed, random_start=False)
            if val_entries else None)
     return train, val

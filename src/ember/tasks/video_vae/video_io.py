@@ -67,15 +67,20 @@ def read_frames(path: str | Path, indices: list[int]) -> np.ndarray:
     return np.stack([found.get(i, found[last]) for i in indices])
 
 
-def to_clip_tensor(frames_thwc: np.ndarray, resolution: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) → float (3, T, resolution, resolution) in [-1, 1]."""
+def to_clip_tensor(frames_thwc: np.ndarray, resolution: int, crop_at: tuple[float, float] | None = None) -> torch.Tensor:
+    """uint8 (T, H, W, 3) → float (3, T, resolution, resolution) in [-1, 1]; the crop is centred, or
+    at crop_at = (fraction of the spare height, of the spare width) for a random crop."""
     x_tchw = torch.from_numpy(frames_thwc).permute(0, 3, 1, 2).float()
     h, w = x_tchw.shape[-2:]
     scale = resolution / min(h, w)
     size = (max(resolution, round(h * scale)), max(resolution, round(w * scale)))
     if size != (h, w):
         x_tchw = F.interpolate(x_tchw, size=size, mode="bilinear", antialias=scale < 1, align_corners=False)
-    top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    if crop_at is None:
+        top, left = (size[0] - resolution) // 2, (size[1] - resolution) // 2
+    else:
+        top, left = int(crop_at[0] * (size[0] - resolution + 1)), int(crop_at[1] * (size[1] - resolution + 1))
+        top, left = min(top, size[0] - resolution), min(left, size[1] - resolution)
     x_tchw = x_tchw[:, :, top:top + resolution, left:left + resolution]
     return (x_tchw / 127.5 - 1.0).clamp(-1, 1).permute(1, 0, 2, 3).contiguous()
 
