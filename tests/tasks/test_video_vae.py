@@ -103,8 +103,9 @@ def test_amp_level_and_mode_map_to_precision_policies():
         build_config({**base, "jit_level": "O3"})
 
 
-def test_perceptual_loss_without_weights_is_a_clear_error():
+def test_perceptual_loss_without_weights_is_a_clear_error(tmp_path, monkeypatch):
     from ember.tasks.video_vae.task import VideoVAETask
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # no VGG16 in the torch hub cache
     cfg = build_config({"task": "video_vae", "video_path": "v", "model_config": "causal_vae-tiny",
                         "perceptual_weight": 0.1})
     with pytest.raises(ConfigError, match="LPIPS"):

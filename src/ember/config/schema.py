@@ -96,9 +96,10 @@ class ScheduleGroup(Group):
 class PrecisionGroup(Group):
     """Precision and device"""
     # amp_level is seed 000's MindSpore-style policy, mapped onto PyTorch's: O0 fp32 everywhere
-    # whatever the precision keys say; O1 and O2 autocast in the chosen precision (PyTorch's
-    # autocast already keeps norms and reductions in fp32, which is what O2 adds in MindSpore);
-    # O3 everything in bf16, weights included (pure_bf16), which needs bf16.
+    # whatever the precision keys say; O1 and O2 autocast in the chosen precision; O3 everything
+    # in bf16, weights included (pure_bf16), which needs bf16. In the video VAE O1 also keeps the
+    # norms' outputs in fp32 and O2 casts them back to the low precision, so activations travel in
+    # it as MindSpore's O2 has them (tasks/video_vae/precision_policy.py).
     fp16: bool = Field(False, description="fp16 autocast with a dynamic loss scale (for GPUs; slow on CPUs)")
     bf16: bool = Field(False, description="bf16 autocast, fp32 weights")
     pure_bf16: bool = Field(False, description="bf16 weights and compute, no autocast")

@@ -107,7 +107,7 @@ def trunk_weights_file(net: str, path: str | None, key: str) -> Path:
     cache = os.path.join(torch.hub.get_dir(), "checkpoints", TRUNKS[net][3])
     found = sorted(glob.glob(cache))
     if not found:
-        what = "perceptual_weight > 0" if key == "perceptual_weights" else "eval_lpips"
+        what = "perceptual_weight > 0 (the LPIPS term)" if key == "perceptual_weights" else "eval_lpips"
         fix = "set perceptual_weight: 0" if key == "perceptual_weights" else "set eval_lpips: false"
         raise ConfigError(f"{what} needs the {net} ImageNet weights and none were found at {cache}: put torchvision's "
                           f"file there, pass its path as {key}, or {fix}")
