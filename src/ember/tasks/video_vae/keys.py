@@ -65,6 +65,8 @@ class VideoGroup(Group):
         data_file_path) is the dataset, the model is the seed's causal_vae-488 unless model_config
         says otherwise, and exp_name is a folder under output_dir, as mindone makes it. exp_name is
         then spent (the resolved config holds the joined output_dir), so reloading it does not nest."""
+        if isinstance(raw, dict) and raw.get("task") != "video_vae" and "exp_name" in raw:
+            raw = {k: v for k, v in raw.items() if k != "exp_name"}  # elsewhere exp_name is run_name alone
         if isinstance(raw, dict) and raw.get("task") == "video_vae":
             if raw.get("dataset") is None and (raw.get("data_file_path") or raw.get("video_path")) is not None:
                 raw = {**raw, "dataset": raw.get("data_file_path") or raw["video_path"]}
