@@ -105,7 +105,11 @@ def per_token_loss(logits, labels):
 
 def test_each_sample_in_a_pack_has_the_loss_it_has_alone(packed):
     task, train, collate, model = packed
-    rows = sorted(range(len(train)), key=lambda k: -len(train.packs[k]))[:2]
+    fullest = max(range(len(train)), key=lambda k: len(train.packs[k]))
+    # beside it, the shortest pack of several samples: the batch then pads it
+    shortest = min((k for k in range(len(train)) if k != fullest and len(train.packs[k]) >= 2),
+                   key=lambda k: len(train[k]["input_ids"]))
+    rows = [fullest, shortest]
     assert len(train.packs[rows[0]]) >= 3, "the pack should hold several samples"
     batch = collate([train[k] for k in rows])
     assert batch["input_ids"].shape[1] > len(train[rows[1]]["input_ids"]), "the second row should be padded"

@@ -75,11 +75,11 @@ def test_comma_separated_names_mix_both_datasets(registry_dir):
 
 
 def test_mixed_datasets_feed_training_with_the_sum_of_their_rows(corpus_dir, make_config):
-    """`dataset: a,b` through the task: the training stream holds a's tokens, then b's."""
+    """`dataset: a,b` through the task: the training samples are a's documents, then b's."""
     from ember.tasks import build_task
 
-    def tokens(name):
-        train, _, _ = build_task(make_config(dataset=name, cutoff_len=32)).build_data()
+    def tokens(name):  # packing: false, one sample per document (packed blocks would straddle a and b)
+        train, _, _ = build_task(make_config(dataset=name, cutoff_len=32, packing=False)).build_data()
         return [int(t) for i in range(len(train)) for t in train[i]]
     text, json_ = tokens("tiny_text"), tokens("tiny_json")
     mixed = tokens("tiny_text,tiny_json")

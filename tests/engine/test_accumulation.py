@@ -1,8 +1,8 @@
 """Exact gradient accumulation: batch 8 × accumulation 1 equals batch 2 × accumulation 4.
 
-The data is chosen so that the token stream does not divide into cutoff_len blocks: the
-last block holds only two to four tokens, so the micro-batch that carries it has about half
-the real (loss-bearing) tokens of the others. Averaging each micro-batch's mean loss (the
+The data is one document per sample (`packing: false`, each truncated to cutoff_len), chosen
+so that one document is far shorter than the rest: the micro-batch that carries it has about
+half the real (loss-bearing) tokens of the others. Averaging each micro-batch's mean loss (the
 bug transformers shipped until 4.46) weights that micro-batch as much as a full one and
 drifts from the big-batch run; normalising the window's summed loss by its token count does
 not. `test_mean_of_micro_batch_means_would_be_caught` runs that naive variant (a task
@@ -106,24 +106,24 @@ def run(make_config, data: dict, name: str, batch: int, accum: int, naive: bool 
 
 
 def choose_data(corpus_dir, tokenizer_dir) -> dict:
-    """max_samples and cutoff_len giving 16-32 blocks (a multiple of 8), the last of 2-4 tokens.
+    """max_samples and cutoff_len giving 16-32 documents (a multiple of 8), exactly one of them
+    (the `tail`) at most half as long as cutoff_len and shorter than every other.
 
-    Counts tokens as ember's pretraining data does (documents are lines, empty ones dropped,
-    each followed by EOS); the fixture then checks the result against ember's own blocks.
+    Counts tokens as ember's pretraining data does with packing: false (each line a document,
+    followed by EOS, truncated to cutoff_len); the fixture then checks it against ember's samples.
     """
     from transformers import AutoTokenizer
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     lines = (corpus_dir / "tiny.txt").read_text(encoding="utf-8").splitlines()
-    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 if t.strip() else 0 for t in lines[:80]]
-    for tail in (2, 3, 4):
-        for blocks in (24, 16, 32):
-            for max_samples in range(4, len(lengths) + 1):
-                tokens = sum(lengths[:max_samples])
-                for cutoff_len in range(32, 65):
-                    if -(-tokens // cutoff_len) == blocks and tokens % cutoff_len == tail:
-                        return dict(max_samples=max_samples, cutoff_len=cutoff_len, blocks=blocks, tail=tail,
-                                    steps=EPOCHS * blocks // BIG_BATCH)
-    raise AssertionError("no max_samples/cutoff_len gives a short last block in whole big batches")
+    lengths = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in lines[:80]]
+    for blocks in (24, 16, 32):
+        for cutoff_len in range(64, 31, -1):
+            kept = [min(n, cutoff_len) for n in lengths[:blocks]]
+            tail = min(kept)
+            if kept.count(tail) == 1 and 2 * tail <= cutoff_len:
+                return dict(max_samples=blocks, cutoff_len=cutoff_len, blocks=blocks, tail=tail,
+                            steps=EPOCHS * blocks // BIG_BATCH)
+    raise AssertionError("no max_samples/cutoff_len gives one short document in whole big batches")
 
 
 @pytest.fixture(scope="module")
@@ -133,16 +133,17 @@ def runs(tmp_path_factory, corpus_dir, tokenizer_dir):
 
     def make_config(output_dir, **overrides):
         base = dict(model_config="llama-tiny", tokenizer_name_or_path=str(tokenizer_dir), dataset="tiny_text",
-                    dataset_dir=str(corpus_dir), save_steps=0, disable_tqdm=True, output_dir=str(tmp / output_dir))
+                    dataset_dir=str(corpus_dir), save_steps=0, disable_tqdm=True, output_dir=str(tmp / output_dir),
+                    packing=False)
         base.update(overrides)
         return build_config(base)
 
     data = choose_data(corpus_dir, tokenizer_dir)
-    # the premise, as ember's pipeline builds it: whole big batches, a nearly empty last block
+    # the premise, as ember's pipeline builds it: whole big batches, one short document
     blocks, _, _ = build_task(make_config("probe", max_steps=1, max_samples=data["max_samples"],
                                           cutoff_len=data["cutoff_len"])).build_data()
     assert len(blocks) == data["blocks"], f"expected {data['blocks']} blocks, ember made {len(blocks)}"
-    assert len(blocks[len(blocks) - 1]) == data["tail"], "the last block should hold only a few tokens"
+    assert min(len(blocks[i]) for i in range(len(blocks))) == data["tail"], "one document should be short"
 
     return {
         "data": data,

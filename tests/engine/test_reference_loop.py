@@ -9,11 +9,12 @@ normalisation), and uses torch.optim.AdamW, transformers' get_scheduler and
 torch.nn.utils.clip_grad_norm_.
 
 Data: the reference cuts its own blocks from its own tokenisation of the corpus (documents
-are lines, each followed by EOS, the stream cut into cutoff_len blocks, the tail kept) and
+are lines, each followed by EOS, the stream cut into cutoff_len blocks, the shorter rest
+dropped, as LLaMA-Factory does) and
 pads its own batches. Only the *order* comes from ember: its BatchStream (a seeded
 permutation per epoch) is run over the reference's blocks, because reproducing a shuffle
 is not what this test is about. The small dataset makes the 50 steps cross several epoch
-boundaries (short last micro-batches) and include the short last block (padding). The
+boundaries (short last micro-batches). The
 test first checks that ember was fed exactly the reference's token rows, step by step, so
 a data mismatch is reported as such rather than as a loss mismatch.
 """
@@ -40,11 +41,11 @@ HYPER = dict(learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=5, wei
 
 
 def choose_max_samples(corpus_file, tokenizer) -> int:
-    """About 50 blocks, not a multiple of the batch size, the last one short (picked at run
-    time so the premise survives edits of the demo corpus)."""
+    """About 50 blocks, not a multiple of the batch size (picked at run time so the premise
+    survives edits of the demo corpus)."""
     for max_samples in range(16, 60):
         blocks = reference_blocks(corpus_file, tokenizer, max_samples, HYPER["cutoff_len"])
-        if len(blocks) >= 40 and len(blocks) % HYPER["per_device_train_batch_size"] and len(blocks[-1]) < 24:
+        if len(blocks) >= 40 and len(blocks) % HYPER["per_device_train_batch_size"]:
             return max_samples
     raise AssertionError("no max_samples gives the intended data")
 
@@ -73,7 +74,7 @@ def reference_blocks(corpus_file, tokenizer, max_samples: int, cutoff_len: int) 
     for text in lines:
         if text.strip():
             stream += tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    return [torch.tensor(stream[i:i + cutoff_len]) for i in range(0, len(stream), cutoff_len)]
+    return [torch.tensor(stream[i:i + cutoff_len]) for i in range(0, len(stream) // cutoff_len * cutoff_len, cutoff_len)]
 
 
 def pad_batch(pad_id: int):
@@ -149,7 +150,7 @@ def test_the_data_is_what_the_test_intends(both):
     batch, accum = HYPER["per_device_train_batch_size"], HYPER["gradient_accumulation_steps"]
     assert STEPS * batch * accum > 2 * len(blocks), "the run should cross epoch boundaries"
     assert len(blocks) % batch != 0, "epochs should end in a short micro-batch"
-    assert len(blocks[-1]) < HYPER["cutoff_len"], "the last block should be short (padding)"
+    assert all(len(b) == HYPER["cutoff_len"] for b in blocks), "the stream's rest is dropped, as in LLaMA-Factory"
 
 
 def test_ember_trains_on_the_reference_blocks_in_the_same_order(both):
