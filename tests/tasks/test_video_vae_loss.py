@@ -217,3 +217,23 @@ def test_psnr_and_ssim_per_frame_as_the_reference_eval_scripts():
 
     frames = [np.mean([ssim_channel(a[i, c, t], b[i, c, t]) for c in range(3)]) for i in range(2) for t in range(3)]
     assert losses.ssim(recon, real).item() == pytest.approx(np.mean(frames), rel=1e-6)
+
+
+def test_the_tasks_loss_on_the_reference_weights_equals_the_reference_total():
+    """Through the task (model forward, normalisation handed to the engine as total / count), with the
+    fixture's weights in ember's network: the reference's generator loss before disc_start."""
+    from ember.config import build_config
+    from ember.tasks.video_vae.task import VideoVAETask
+    ref = json.loads((FIXTURES / "tiny_loss.json").read_text())
+    io = load_file(str(FIXTURES / "tiny_io.safetensors"))
+    task = VideoVAETask(build_config({"task": "video_vae", "video_path": "v", "perceptual_weight": 0,
+                                      "model_config": str(FIXTURES / "tiny_config.json"),
+                                      "kl_weight": ref["constructor"]["kl_weight"]}))
+    model = task.build_model()
+    model.vae.load_state_dict(load_file(str(FIXTURES / "tiny_model.safetensors")))
+    model.eval()
+    with torch.no_grad():
+        loss = task.evaluation_step(model, {"video": io["x"]})["vae"]  # posterior mean, as the fixture
+    assert loss.count == 9  # frames
+    assert (loss.total / loss.count).item() == pytest.approx(ref["values"]["total"], rel=1e-5)
+    assert (loss.metrics["kl_loss"] / loss.count).item() == pytest.approx(ref["values"]["kl_loss"], rel=1e-5)
