@@ -289,7 +289,7 @@ def fifty_mb_line_in_a_text_corpus(env: Env) -> Setup:
 def _video(env: Env, video_path: Path) -> list[str]:
     keys = dict(task="video_vae", model_config="causal_vae-tiny", video_path=str(video_path), video_num_frames=5,
                 resolution=16, per_device_train_batch_size=1, max_steps=1, save_steps=0, disable_tqdm=True,
-                output_dir=str(env.dir / "out"))
+                output_dir=str(env.dir / "out"), perceptual_weight=0)  # no VGG16 weights offline
     return train_args(keys)
 
 
