@@ -55,6 +55,9 @@ def test_seed_command_from_reference_folder_mindspore_ckpt_and_own_export(tmp_pa
         # trained from the reference weights: near them (2 steps at lr 3e-5), not a fresh random model
         drift = max((exported.state_dict()[k] - v).abs().max().item() for k, v in reference.items())
         assert 0 < drift < 0.01
+        # the run's last checkpoint folder holds the same VAE (its config from the run's config.yaml)
+        from_checkpoint = CausalVAE.from_pretrained(run / "checkpoint-2").state_dict()
+        assert all(torch.equal(from_checkpoint[k], v) for k, v in exported.state_dict().items())
 
     # (c) ember's own export of run (a) is a starting point too
     out = tmp_path / "run_c"
