@@ -101,3 +101,40 @@ def test_the_full_logits_are_never_materialised(monkeypatch):
     with Sizes():
         linear_cross_entropy(hidden, weight, labels).backward()
     assert largest <= 500 * 32, largest  # a chunk of logits, or the weight's gradient (500 x 32)
+
+
+def largest_tensor(fn) -> int:
+    largest = 0
+
+    class Sizes(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            nonlocal largest
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    largest = max(largest, t.numel())
+            return out
+
+    with Sizes():
+        fn()
+    return largest
+
+
+def test_a_frozen_head_takes_smaller_chunks_with_the_same_loss_and_hidden_gradient(monkeypatch):
+    """LoRA's frozen (tied) head sums no weight gradient per chunk, so its chunks stop at
+    MIN_ROWS_FROZEN_HEAD rows of logits instead of MIN_ROWS: a quarter of the memory."""
+    monkeypatch.setattr(lm_loss, "CHUNK_ELEMENTS", 500 * 16)  # 16 rows: below both floors
+    hidden, weight, labels = inputs(rows=2000)
+    trainable = largest_tensor(lambda: linear_cross_entropy(hidden, weight, labels).backward())
+    assert trainable == lm_loss.MIN_ROWS * 500
+    weight.requires_grad_(False)
+    hidden.grad = None
+    frozen = largest_tensor(lambda: linear_cross_entropy(hidden, weight, labels).backward())
+    assert frozen == max(lm_loss.MIN_ROWS_FROZEN_HEAD * 500, hidden.numel())
+    ours = grads(linear_cross_entropy, hidden, weight.requires_grad_(), labels)  # weight.grad needed by grads()
+    hidden.grad = None
+    weight.requires_grad_(False)
+    loss = linear_cross_entropy(hidden, weight, labels)
+    (loss * 0.37).backward()
+    torch.testing.assert_close(loss.detach(), reference(hidden, weight, labels), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hidden.grad, ours[1], rtol=1e-5, atol=1e-6)

@@ -21,10 +21,15 @@ CHUNK_ELEMENTS = 1 << 21  # logits per chunk (8 MB in fp32) for a small vocabula
 # rows for that matmul to outweigh its pass over memory. 1024 rows keeps a 128k-vocabulary
 # head as fast as full logits, with logits of 1024 rows at a time instead of all of them.
 MIN_ROWS = 1024
+# Without a weight gradient (a frozen head: LoRA, freeze, evaluation) nothing is summed per chunk,
+# so a chunk needs only enough rows for an efficient matmul. At Qwen2's 152k vocabulary, 256 rows
+# of fp32 logits are 156 MB instead of 1024 rows' 594 MB (held twice: logits and log-softmax),
+# which was the largest single item of a 0.5B LoRA step at 4k tokens (bench/memory_long_context.py).
+MIN_ROWS_FROZEN_HEAD = 256
 
 
-def _rows_per_chunk(vocab: int) -> int:
-    return max(MIN_ROWS, CHUNK_ELEMENTS // vocab)
+def _rows_per_chunk(vocab: int, weight_grad: bool = True) -> int:
+    return max(MIN_ROWS if weight_grad else MIN_ROWS_FROZEN_HEAD, CHUNK_ELEMENTS // vocab)
 
 
 def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +43,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, compute_dtype):
         h_all, w = hidden.to(compute_dtype), weight.to(compute_dtype)
-        rows = _rows_per_chunk(weight.shape[0])
+        rows = _rows_per_chunk(weight.shape[0], weight_grad=ctx.needs_input_grad[1])
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
         grad_weight = None  # fp32, summed over chunks
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
@@ -104,7 +109,7 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
             return _LinearCrossEntropy.apply(hidden, weight, labels, compute_dtype)
         h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
-        rows = _rows_per_chunk(weight.shape[0])
+        rows = _rows_per_chunk(weight.shape[0], weight_grad=False)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.shape[0], rows):
             total += _chunk_loss(h[start:start + rows], w, labels[start:start + rows])[0]
