@@ -1,12 +1,14 @@
 """Peak RSS of LoRA-DPO with the reference taken as the policy with its adapters disabled (ember's
 default: no second copy) against a reference loaded as a second model (`ref_model` = the same
-folder): the memory the adapter-disabled reference saves. README, "Preference and reward training".
+folder), and with precompute_ref_log_probs (one reference pass before training, no reference
+forward in the steps): the memory the adapter-disabled reference saves. README, "Preference and
+reward training".
 
 A Qwen2-0.5B-shaped model (hidden 896, SwiGLU 4864, the project's 4096-token vocabulary) with
 `--layers` blocks from random init, LoRA on every linear layer, batch 2 pairs from the shipped demo
 preference data, fp32, a few steps. Each setting runs in its own process, whose peak RSS the OS reports.
 
-    python bench/pref_reference_memory.py [--layers 12] [--steps 2]
+    python bench/pref_reference_memory.py [--layers 12] [--steps 2]   (--layers 2: ~33M parameters)
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ cfg = build_config(dict(model_name_or_path=sys.argv[1], stage="dpo", finetuning_
                         dataset="pydoc_pref_alpaca", dataset_dir=sys.argv[2], cutoff_len=256, max_samples=16,
                         per_device_train_batch_size=2, max_steps=int(sys.argv[3]), logging_steps=1, save_steps=0,
                         output_dir=sys.argv[4], overwrite_output_dir=True, disable_tqdm=True,
-                        **({"ref_model": sys.argv[1]} if sys.argv[5] == "copy" else {})))
+                        **({"ref_model": sys.argv[1]} if sys.argv[5] == "copy" else
+                           {"precompute_ref_log_probs": True} if sys.argv[5] == "precomputed" else {})))
 Trainer(cfg, build_task(cfg)).fit()
 print("PEAK_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -61,7 +64,7 @@ def main() -> None:
         model = Path(tmp) / "model"
         params = make_model(model, args.layers)
         result = {"params": params, "layers": args.layers}
-        for reference in ("adapters_disabled", "copy"):
+        for reference in ("adapters_disabled", "copy", "precomputed"):
             out = subprocess.run([sys.executable, "-c", RUN, str(model), str(DEMO), str(args.steps),
                                   str(Path(tmp) / reference), reference], capture_output=True, text=True, check=True)
             peak = next(line for line in out.stdout.splitlines() if line.startswith("PEAK_KB"))

@@ -7,7 +7,8 @@ from a new random head, so for rm the check is that it trains and exports what r
 
 FSDP (FSDP2 on two gloo processes, batch 4 per rank) must log the one-process run's numbers
 (batch 8) step for step and export the same weights, for dpo (LoRA: adapters disabled inside the
-sharded model; full: a frozen unsharded copy beside it) and rm (the new head sharded too).
+sharded model) and rm (full: the new head sharded too). (DDP with a frozen copy beside the model:
+test_preference_ddp.py.)
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def test_every_method_trains_every_stage(stage, finetuning_type, tiny_model_dir,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage,finetuning_type", [("dpo", "lora"), ("dpo", "full"), ("rm", "full")])
+@pytest.mark.parametrize("stage,finetuning_type", [("dpo", "lora"), ("rm", "full")])
 def test_fsdp_on_two_processes_equals_one(stage, finetuning_type, tiny_model_dir, tmp_path):
     base = _base(tiny_model_dir, stage, finetuning_type, optim="sgd", momentum=0.9,
                  learning_rate=2.0 if finetuning_type == "lora" else 0.5)
