@@ -16,7 +16,7 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
 
 
-def _columns(spec: DatasetSpec) -> dict:
+def columns_of(spec: DatasetSpec) -> dict:
     if spec.formatting == "sharegpt":
         return {"messages": "conversations", "system": None, **spec.columns}
     return {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None,
@@ -38,7 +38,7 @@ def _text(row: dict, column: str | None) -> str:
 
 def to_conversation(row: dict, spec: DatasetSpec) -> Conversation | None:
     """The row's conversation, or None for a row LLaMA-Factory would skip as malformed."""
-    cols = _columns(spec)
+    cols = columns_of(spec)
     messages = _sharegpt_messages(row, spec, cols) if spec.formatting == "sharegpt" else _alpaca_messages(row, cols)
     if messages is None:
         return None
@@ -82,3 +82,41 @@ def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict):
             return None
         messages.append({"role": roles[role], "content": str(turn.get(tags["content_tag"]) or "")})
     return messages, system
+
+
+def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
+    """One row → [{'role', 'content'}...] ending with an assistant turn, or None if malformed: the
+    view of a row that a chat_template renders (the VLM, the preference stages), with a system
+    message first, function calls as assistant and tool results as user turns."""
+    cols = columns_of(spec)
+    messages = []
+    if cols.get("system") and row.get(cols["system"]):
+        messages.append({"role": "system", "content": row[cols["system"]]})
+    if spec.formatting == "sharegpt":
+        tags = {**SHAREGPT_TAGS, **spec.tags}
+        roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system",
+                 tags["observation_tag"]: "user", tags["function_tag"]: "assistant"}
+        for turn in row.get(cols["messages"]) or []:
+            role = roles.get(turn.get(tags["role_tag"])) if isinstance(turn, dict) else None
+            if role is None:
+                return None
+            messages.append({"role": role, "content": str(turn.get(tags["content_tag"]) or "")})
+    else:
+        history = row.get(cols["history"]) if cols.get("history") else None
+        for pair in history or []:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                return None
+            messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
+        if row.get(cols["response"]) is None:
+            return None  # no answer at all (null or missing), unlike an empty string, is a broken row
+        prompt = str(row.get(cols["prompt"]) or "")
+        if cols.get("query") and row.get(cols["query"]):
+            prompt = f"{prompt}\n{row[cols['query']]}" if prompt else str(row[cols["query"]])
+        messages += [{"role": "user", "content": prompt},
+                     {"role": "assistant", "content": str(row.get(cols["response"]) or "")}]
+    dialogue = [m for m in messages if m["role"] != "system"]
+    if not dialogue or dialogue[0]["role"] != "user" or dialogue[-1]["role"] != "assistant":
+        return None
+    if messages[0]["role"] != "system" and any(m["role"] == "system" for m in messages):
+        return None
+    return messages

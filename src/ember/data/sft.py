@@ -16,7 +16,7 @@ import datasets
 
 from ..config.errors import ConfigError
 from .chat_template import DROPPED, OK, TRUNCATED, _tokenize, conversation_pieces, encode_conversation  # noqa: F401
-from .conversation import SHAREGPT_TAGS, Conversation, _columns, to_conversation
+from .conversation import Conversation, columns_of, to_conversation, to_messages  # noqa: F401  (to_messages: see chat_template)
 from .labels import IGNORE
 from .registry import DatasetSpec
 from .truncation import infer_seqlen
@@ -24,8 +24,9 @@ from .truncation import infer_seqlen
 log = logging.getLogger("ember")
 TOO_LONG, NO_ANSWER = 3, 4  # dropped: longer than cutoff_len (overlong: drop); no answer token left
 
+
 def check_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
-    cols = _columns(spec)
+    cols = columns_of(spec)
     required = [cols["messages"]] if spec.formatting == "sharegpt" else [cols["prompt"], cols["response"]]
     named = [cols[k] for k in ("system", "history") if cols.get(k)]  # optional, but must exist when named
     for name in required + named:
@@ -47,42 +48,6 @@ def _check_text_column(ds: datasets.Dataset, spec: DatasetSpec, name: str) -> No
     kind = f"{feature.dtype} values" if isinstance(feature, datasets.Value) else "lists or objects"
     raise ConfigError(f"dataset '{spec.name}' ({spec.path}): column '{name}' holds {kind}, not text; "
                       f"each row's '{name}' must be a string")
-
-
-def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
-    """One row → [{'role', 'content'}...] ending with an assistant turn, or None if malformed."""
-    cols = _columns(spec)
-    messages = []
-    if cols.get("system") and row.get(cols["system"]):
-        messages.append({"role": "system", "content": row[cols["system"]]})
-    if spec.formatting == "sharegpt":
-        tags = {**SHAREGPT_TAGS, **spec.tags}
-        roles = {tags["user_tag"]: "user", tags["assistant_tag"]: "assistant", tags["system_tag"]: "system",
-                 tags["observation_tag"]: "user", tags["function_tag"]: "assistant"}
-        for turn in row.get(cols["messages"]) or []:
-            role = roles.get(turn.get(tags["role_tag"])) if isinstance(turn, dict) else None
-            if role is None:
-                return None
-            messages.append({"role": role, "content": str(turn.get(tags["content_tag"]) or "")})
-    else:
-        history = row.get(cols["history"]) if cols.get("history") else None
-        for pair in history or []:
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                return None
-            messages += [{"role": "user", "content": str(pair[0])}, {"role": "assistant", "content": str(pair[1])}]
-        if row.get(cols["response"]) is None:
-            return None  # no answer at all (null or missing), unlike an empty string, is a broken row
-        prompt = str(row.get(cols["prompt"]) or "")
-        if cols.get("query") and row.get(cols["query"]):
-            prompt = f"{prompt}\n{row[cols['query']]}" if prompt else str(row[cols["query"]])
-        messages += [{"role": "user", "content": prompt},
-                     {"role": "assistant", "content": str(row.get(cols["response"]) or "")}]
-    dialogue = [m for m in messages if m["role"] != "system"]
-    if not dialogue or dialogue[0]["role"] != "user" or dialogue[-1]["role"] != "assistant":
-        return None
-    if messages[0]["role"] != "system" and any(m["role"] == "system" for m in messages):
-        return None
-    return messages
 
 
 def encode_sample(conversation: Conversation, template, tokenizer, cutoff_len: int, train_on_prompt: bool = False,
