@@ -31,7 +31,6 @@ PARTLY = {
     "apollo_layerwise": "true refused: ember steps after the whole backward (accumulation, clipping)",
     "badam_mode": "layer implemented; ratio refused (not available)",
     "badam_update_ratio": "ratio mode only (refused)", "badam_mask_mode": "ratio mode only (refused)",
-    "streaming": "true refused: not available yet (datasets are read whole from local files)",
 }
 
 

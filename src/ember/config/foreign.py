@@ -31,7 +31,7 @@ NO_EFFECT = {
     "print_param_status": "the trainable-parameter summary is always printed",
     "dataloader_pin_memory": "pinned memory is used whenever the device is a GPU",
     "mix_strategy": "datasets are concatenated",
-    "buffer_size": "streaming reads the files in ember's seeded order, not through a shuffle buffer",
+    "buffer_size": "streaming reads the files in their order, not through a shuffle buffer",
 }
 
 # refused: what to use instead

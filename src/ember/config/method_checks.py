@@ -20,7 +20,7 @@ def check_methods(cfg) -> None:
     _check_adapter_methods(cfg)
     _check_optimizers(cfg)
     if cfg.streaming:
-        raise ConfigError("streaming is not available yet: datasets are read whole from local files; drop streaming")
+        _check_streaming(cfg)
 
 
 def _check_adapter_methods(cfg) -> None:
@@ -72,3 +72,16 @@ def _check_optimizers(cfg) -> None:
                           "run it in one process")
     if cfg.use_badam and cfg.badam_mode == "ratio":
         raise ConfigError("badam_mode ratio (a sparse mask inside each weight) is not available; use badam_mode layer")
+
+
+def _check_streaming(cfg) -> None:
+    if cfg.task != "causal_lm" or cfg.stage not in ("pt", "sft"):
+        raise ConfigError(f"streaming reads stages pt and sft of task causal_lm, not {cfg.task} stage {cfg.stage}")
+    if cfg.max_steps <= 0:
+        raise ConfigError("streaming needs max_steps: the length of a stream is not known before it is read")
+    if cfg.val_size > 0:
+        raise ConfigError("streaming cannot hold out val_size from a stream; give validation data as eval_dataset")
+    if cfg.tokenized_path:
+        raise ConfigError("streaming tokenises as it reads and saves nothing; drop tokenized_path or streaming")
+    if cfg.eval_strategy == "epoch":
+        raise ConfigError("streaming has no known epoch length; use eval_strategy steps")

@@ -18,6 +18,7 @@ from ..config.errors import ConfigError
 from ..config.run_name import auto_run_name
 from ..config.schema import CheckpointGroup, DistributedGroup, OptimGroup, OutputGroup, PrecisionGroup, ScheduleGroup
 from ..data.sampling import BatchStream
+from ..data.streaming import StreamBatches, StreamedSamples
 from .assembly import build_model, build_optimizers, total_steps
 from .checkpoint.format import set_rng_state
 from .checkpoint.manager import CheckpointManager
@@ -81,9 +82,11 @@ class Trainer:
         self.peak_flops = run_peak_flops(cfg, self.task, self.device, self.precision)  # None: no mfu
 
         pin = self.device.type == "cuda"
-        self.stream = BatchStream(train_set, cfg.per_device_train_batch_size, collate, seed=cfg.seed,
-                                  num_workers=cfg.dataloader_num_workers, pin_memory=pin,
-                                  rank=world.rank, world=world.size)
+        self.stream = (StreamBatches(train_set, cfg.per_device_train_batch_size, collate, world.rank, world.size)
+                       if isinstance(train_set, StreamedSamples) else  # streaming: true
+                       BatchStream(train_set, cfg.per_device_train_batch_size, collate, seed=cfg.seed,
+                                   num_workers=cfg.dataloader_num_workers, pin_memory=pin,
+                                   rank=world.rank, world=world.size))
         self.total_steps = total_steps(cfg, self.stream.batches_per_epoch())
         has_val = val_set is not None and len(val_set) > 0
         cadence = EvalCadence(cfg.eval_strategy or ("steps" if has_val else "no"), cfg.eval_steps or cfg.logging_steps,

@@ -14,6 +14,7 @@ from ...data.pretrain import build_blocks, collate_blocks
 from ...data.readers import read_dataset, text_column
 from ...data.registry import resolve_datasets
 from ...data.sft import encode_sft
+from ...data.streaming import StreamedSamples
 from ...data.tokenized_cache import tokenized_sets
 from ...data.templates import ensure_chat_template, load_template
 from ...engine.task import Loss, Task
@@ -75,7 +76,11 @@ class CausalLMTask(Task):
 
     def build_data(self):
         cfg = self.cfg
-        train, val = tokenized_sets(cfg, self._tokenized_sets)  # saved to / reused from tokenized_path
+        if cfg.streaming:  # read lazily, chunk by chunk; validation (eval_dataset) is read whole
+            train = StreamedSamples(resolve_datasets(cfg.dataset, cfg.dataset_dir), self._prepare, cfg.max_samples)
+            val = self._prepare(self.read_datasets(cfg.eval_dataset), "validation") if cfg.eval_dataset else None
+        else:
+            train, val = tokenized_sets(cfg, self._tokenized_sets)  # saved to / reused from tokenized_path
         pad = self.tokenizer.pad_token_id
         if cfg.stage == "pt":
             return train, val, collate_blocks(pad)
