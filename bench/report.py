@@ -18,7 +18,11 @@ TARGETS = [("fixed_vs_trainer", "ember / Trainer tokens/s, fixed-length, fp32 (l
            ("sft_vs_trainer", "ember / Trainer real tokens/s, variable-length SFT", "≥ 2"),
            ("vs_bare_loop", "ember / bare loop tokens/s, both eager (lowest workload)", "≥ 0.97"),
            ("rss_vs_trainer", "ember / Trainer peak RSS (highest workload)", "≤ 1"),
-           ("mfu_50m", "ember MFU, 50m, against the measured fp32 peak", "≥ 70%")]
+           ("mfu_50m", "ember MFU, 50m, against the measured fp32 peak", "≥ 70%"),
+           ("sft_lora_vs_lf", "ember / LLaMA-Factory real tokens/s, same SFT-LoRA YAML (median round)", "≥ 1.2"),
+           ("sft_packed_vs_lf", "ember `packing: true` / LLaMA-Factory default, real tokens/s (median round)", "≥ 2"),
+           ("mem_lora_2k_vs_lf", "ember / LLaMA-Factory peak RSS, LoRA 0.5B, cutoff_len 2048 (`make bench-memory`)", "≤ 1"),
+           ("mem_lora_4k_vs_lf", "ember / LLaMA-Factory peak RSS, LoRA 0.5B, cutoff_len 4096 (`make bench-memory`)", "≤ 1")]
 
 
 def table(title: str, rows: dict, mfu: bool) -> list[str]:
@@ -31,6 +35,22 @@ def table(title: str, rows: dict, mfu: bool) -> list[str]:
         cells += [f"{row['peak_rss_mb']:,.0f} MB", f"{row['first_step_s']:.1f} s"]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def llamafactory_table(lf: dict) -> list[str]:
+    """Each contender's median over the alternating rounds, and the ratios' spread."""
+    import statistics
+    names = {"lf": "LLaMA-Factory (`llamafactory-cli train`)", "ember": "ember (same YAML)",
+             "ember_packed": "ember, `packing=true`"}
+    lines = [f"**LLaMA-Factory, Qwen2-shaped 11M, LoRA, fp32, batch {lf['batch']}, cutoff_len {lf['cutoff_len']}, "
+             f"{len(lf['rounds'])} alternating rounds (medians; real tokens/s)**", "",
+             "| contender | tokens/s | peak RSS (process tree) |", "|---|---|---|"]
+    for name, label in names.items():
+        rate = statistics.median(r[name]["tokens_per_s"] for r in lf["rounds"])
+        rss = statistics.median(r[name]["peak_rss_mb"] for r in lf["rounds"])
+        lines.append(f"| {label} | {rate:,.0f} | {rss:,.0f} MB |")
+    spreads = ", ".join(f"{k} {lf[k]['min']:.2f}–{lf[k]['max']:.2f}" for k in lf if k.endswith("_vs_lf"))
+    return lines + ["", f"Spread over the rounds: {spreads}.", ""]
 
 
 def render(results: dict) -> str:
@@ -58,6 +78,8 @@ def render(results: dict) -> str:
     sft = results["sft"]
     out += table(f"SFT, {sft['model']}, fp32, batch {sft['batch']}, cutoff_len {sft['cutoff_len']} (real tokens/s)",
                  sft["contenders"], False)
+    if results.get("vs_llamafactory"):
+        out += llamafactory_table(results["vs_llamafactory"])
     if results.get("pretrain_bf16"):
         for size, entry in results["pretrain_bf16"]["models"].items():
             out += table(f"Pretraining, {size}, bf16 autocast, batch {entry['batch']} x {entry['seq_len']} "

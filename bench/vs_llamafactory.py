@@ -19,6 +19,7 @@ bench/process_tree.py); reported: the median round, and the spread over rounds.
 
     python bench/vs_llamafactory.py [--quick] [--rounds 3] [--threads 2] [--clock wall|cpu] [--keep]
     python bench/vs_llamafactory.py --dry-run   # writes model, data and YAML; checks ember accepts it
+    python bench/vs_llamafactory.py --record [bench/out/vs_llamafactory.json]   # ratios into results.json
 
 sft_lora_vs_lf = ember / lf real tokens/s; sft_packed_vs_lf = ember_packed / lf (higher is better);
 rss ratios ember / lf (lower is better).
@@ -29,14 +30,16 @@ import json
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
-from harness import ContenderFailed, arguments, progress, save_json, summarise, workspace
+from harness import ContenderFailed, arguments, load_json, progress, save_json, summarise, workspace
 from process_tree import run_measured
 from workloads import load_tokenizer, write_sft_set
 
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out" / "vs_llamafactory.json"
+RESULTS = BENCH / "results.json"
 # Qwen2-shaped (grouped-query attention, SwiGLU, tied embeddings), 11.3M parameters with the 4096-token vocabulary
 QWEN2_SMALL = dict(model_type="qwen2", hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
                    num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
@@ -176,10 +179,22 @@ def main(quick: bool, threads: int, clock: str = "wall", rounds: int | None = No
            "sft_packed_vs_lf": spread(ratio("ember_packed", "lf", "tokens_per_s")),
            "rss_sft_lora_vs_lf": spread(ratio("ember", "lf", "peak_rss_mb")),
            "rss_sft_packed_vs_lf": spread(ratio("ember_packed", "lf", "peak_rss_mb"))}
+    out["date"] = time.strftime("%Y-%m-%d %H:%M")
     save_json(OUT, out)
     progress("vs LLaMA-Factory: " + ", ".join(f"{k} {out[k]['median']:.2f} ({out[k]['min']:.2f}-{out[k]['max']:.2f})"
                                             for k in out if k.endswith("_vs_lf")))
     return out
+
+
+def record(out: dict) -> None:
+    """Put this run's ratios into bench/results.json without a whole `make bench` (which
+    replaces them with its own run); `vs_llamafactory` there says when, how and with what spread."""
+    results = load_json(RESULTS)
+    for key in ("sft_lora_vs_lf", "sft_packed_vs_lf"):
+        results[key] = out[key]["median"]
+        results.setdefault("targets_met", {})[key] = out[key]["median"] >= (1.2 if key == "sft_lora_vs_lf" else 2)
+    results["vs_llamafactory"] = out
+    save_json(RESULTS, results)
 
 
 def dry_run(folder: Path) -> dict:
@@ -196,12 +211,19 @@ if __name__ == "__main__":
     parser = arguments(__doc__)
     parser.add_argument("--rounds", type=int, help="alternating rounds (default 3; 1 with --quick)")
     parser.add_argument("--dry-run", action="store_true", help="write model, data and YAML and check them; no training")
+    parser.add_argument("--record", help="merge this comparison's ratios into bench/results.json (or, given the "
+                        "path of an earlier run's bench/out/vs_llamafactory.json, that run's)", nargs="?", const="")
     args = parser.parse_args()
     if args.dry_run:
         with workspace("vs-llamafactory-dry", args.keep) as tmp:
             print(json.dumps(dry_run(tmp)))
     else:
         try:
-            main(args.quick, args.threads, args.clock, args.rounds, args.keep)
+            if args.record:
+                record(load_json(Path(args.record)))
+            else:
+                out = main(args.quick, args.threads, args.clock, args.rounds, args.keep)
+                if args.record == "" and not args.quick:
+                    record(out)
         except ContenderFailed as failure:
             raise SystemExit(f"bench: error: {failure}")
