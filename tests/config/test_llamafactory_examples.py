@@ -177,3 +177,25 @@ def test_every_key_llamafactory_declares_is_known_with_a_reason():
 def test_declared_keys_that_would_change_the_result_are_refused_when_set(make_config, key):
     with pytest.raises(ConfigError, match=f"^{key} is not supported by ember: .{{20}}"):
         make_config(**{key: True})
+
+
+@pytest.mark.parametrize("name", ["train_qlora/qwen3_lora_sft_otfq.yaml", "train_lora/qwen3_lora_sft.yaml"])
+def test_example_yaml_trains_with_only_paths_filled_in(name, tiny_model_dir, tmp_path):
+    """LLaMA-Factory's own QLoRA spelling (lora + quantization_bit: 4) and its LoRA SFT recipe run as written;
+    the test fills model, dataset_dir and output_dir, and caps the run at one step."""
+    import json
+
+    from ember.engine.trainer import Trainer
+    from ember.tasks import build_task
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe", "hello")]
+    for dataset in ("identity", "alpaca_en_demo"):
+        (data / f"{dataset}.json").write_text(json.dumps(rows))
+    (data / "dataset_info.json").write_text(json.dumps({d: {"file_name": f"{d}.json"} for d in ("identity", "alpaca_en_demo")}))
+    raw = filled(EXAMPLES / name, tmp_path)
+    raw.update(model_name_or_path=str(tiny_model_dir), dataset_dir=str(data))
+    cfg = build_config(raw, {"max_steps": 1, "preprocessing_num_workers": 1, "dataloader_num_workers": 0})
+    assert cfg.finetuning_type == ("qlora" if "otfq" in name else "lora")
+    assert Trainer(cfg, build_task(cfg)).fit()["step"] == 1
+    assert (Path(cfg.output_dir) / "adapter_model.safetensors").is_file()
