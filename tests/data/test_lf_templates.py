@@ -117,3 +117,26 @@ def test_unknown_template_suggests_the_close_one(data_dir, tmp_path):
     tokenizer = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path")
     with pytest.raises(ConfigError, match="did you mean 'qwen3_nothink'"):
         load_template(tokenizer, config(data_dir, tmp_path, template="qwen3_nothnk"))
+
+
+def test_chat_template_is_replaced_where_llamafactory_replaces_it(data_dir, tmp_path):
+    original = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path").chat_template
+    for name, info in FIXTURE["template_info"].items():
+        tokenizer = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path")
+        load_template(tokenizer, config(data_dir, tmp_path, template=name))
+        assert (tokenizer.chat_template != original) == info["tokenizer_changes"]["chat_template_replaced"], name
+
+
+def test_template_options_override_as_in_llamafactory(data_dir, tmp_path):
+    """enable_thinking: false moves qwen3's empty thought into the prompt (same ids, no loss on it);
+    default_system replaces the template's; tool_format rewrites the calls."""
+    def first(**keys):
+        return ember_encoding(config(data_dir, tmp_path, cutoff_len=1024, **keys), keys.get("dataset", "identity"))[0]
+    (ids, labels), (ids_off, labels_off) = first(template="qwen3"), first(template="qwen3", enable_thinking=False)
+    thought = [i for i, (a, b) in enumerate(zip(labels, labels_off)) if a != b]
+    assert ids == ids_off and thought and all(labels_off[i] == -100 for i in thought)
+    tokenizer = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path")
+    system_ids, _ = first(template="qwen", default_system="Be brief.")
+    assert tokenizer.decode(system_ids).startswith("<|im_start|>system\nBe brief.<|im_end|>\n")
+    tool_ids, _ = first(template="qwen3_nothink", tool_format="default", dataset="glaive_toolcall_en_demo")
+    assert "Action: search_recipes\nAction Input: {" in tokenizer.decode(tool_ids)
