@@ -92,3 +92,23 @@ def test_runs_with_a_reused_folder_train_the_same(tiny_model_dir, corpus_dir, tm
         Trainer(cfg, build_task(cfg)).fit()
         losses.append([r["loss"] for r in read_metrics(tmp_path / run) if "loss" in r])
     assert losses[0] == losses[1] and len(losses[0]) == 3
+
+
+@pytest.mark.parametrize("stage", ["sft", "pt"])
+def test_a_folder_llamafactory_saved_is_read(stage, tiny_model_dir, corpus_dir, tmp_path):
+    """LLaMA-Factory's tokenized_path holds a DatasetDict (train, validation) of its columns: the same ids
+    and labels as ember's plus attention masks. A folder in that layout trains on those very rows."""
+    import datasets
+    data = dict(dataset="pydoc_alpaca", dataset_dir=str(DEMO), template="default") if stage == "sft" else \
+        dict(dataset="tiny_text", dataset_dir=str(corpus_dir))
+    keys = dict(model_name_or_path=str(tiny_model_dir), stage=stage, max_samples=12, cutoff_len=64, **data)
+    train, _, _ = build_task(build_config(keys)).build_data()
+    rows = items(train)
+    columns = {"input_ids": [r["input_ids"] if stage == "sft" else r for r in rows]}
+    columns["attention_mask"] = [[1] * len(ids) for ids in columns["input_ids"]]
+    if stage == "sft":
+        columns["labels"] = [r["labels"] for r in rows]
+    folder = tmp_path / "lf_tokenized"
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(columns)}).save_to_disk(str(folder))
+    loaded, val, _ = build_task(build_config(dict(keys, dataset="gone", tokenized_path=str(folder)))).build_data()
+    assert items(loaded) == rows and val is None

@@ -45,7 +45,7 @@ class DataGroup(Group):
     val_size: float = Field(0.0, ge=0, description="held-out validation part: a fraction (<1) or a count of documents")
     preprocessing_num_workers: int | None = Field(None, ge=1, description="processes for tokenisation (datasets num_proc)")
     overwrite_cache: bool = Field(False, description="rebuild the tokenisation cache")
-    tokenized_path: str | None = Field(None, description="folder for the tokenised training (and validation) set: saved there by the first run, reused by later ones (as in LLaMA-Factory; delete it after changing the data or template)")
+    tokenized_path: str | None = Field(None, description="folder for the tokenised training (and validation) set: saved there by the first run, reused by later ones (as in LLaMA-Factory, whose saved folders it reads too; delete it after changing the data or template)")
     streaming: bool = Field(False, description="stages pt and sft: read the training files lazily, a chunk of rows at a time, instead of whole (LLaMA-Factory's streaming, in file order); needs max_steps and takes validation from eval_dataset; resumes at the next sample")
     dataloader_num_workers: int = Field(0, ge=0, description="worker processes feeding batches")
     template: str | None = Field(None, description="LLaMA-Factory chat template name (qwen3, llama3, ...); unset: the tokenizer's own chat_template, else empty")

@@ -18,7 +18,7 @@ from typing import Callable
 import datasets
 
 from ..config.errors import ConfigError
-from .packing import SFTDataset
+from .packing import SFTDataset, build_sft_dataset
 from .preference import PairDataset
 from .pretrain import BlockDataset
 
@@ -37,9 +37,13 @@ def tokenized_sets(cfg, build: Callable[[], tuple]) -> tuple:
         log.warning("tokenized_path: loading the tokenised dataset from %s; the data keys (dataset, template, "
                     "cutoff_len, ...) are not read again — delete the folder after changing them", folder)
         return _load(folder, cfg)
+    if (folder / "dataset_dict.json").is_file():  # LLaMA-Factory saved it: same tokens, its column names
+        log.warning("tokenized_path: loading LLaMA-Factory's tokenised dataset from %s; the data keys are not read "
+                    "again", folder)
+        return _load_llamafactory(folder, cfg)
     if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"tokenized_path {path} is a folder that holds no tokenised dataset of ember's; "
-                          "choose an empty or new folder")
+        raise ConfigError(f"tokenized_path {path} is a folder that holds no tokenised dataset of ember's or "
+                          "LLaMA-Factory's; choose an empty or new folder")
     train, val = build()
     if int(os.environ.get("RANK", "0")) == 0:  # every rank tokenises; one writes
         _save(folder, cfg, train, val)
@@ -98,5 +102,36 @@ def _load(folder: Path, cfg) -> tuple:
         else:
             packs = list(datasets.load_from_disk(str(folder / f"{split}_packs"))["pack"]) if kind == "sft_packed" else None
             sets.append(SFTDataset(list(rows["input_ids"]), list(rows["labels"]), packs))
+        log.info("%s: %d samples from %s", split, len(sets[-1]), folder)
+    return tuple(sets)
+
+
+def _load_llamafactory(folder: Path, cfg) -> tuple:
+    """A DatasetDict LLaMA-Factory's tokenized_path holds (splits train and validation): its columns are
+    ember's plus attention masks, which ember rebuilds from the lengths; kto_tags is ember's kto_tag."""
+    from .preference import FEEDBACK_COLUMNS, PAIR_COLUMNS
+    saved = datasets.load_from_disk(str(folder))
+    sets = []
+    for split in SPLITS:
+        if split not in saved:
+            sets.append(None)
+            continue
+        rows = saved[split]
+        if cfg.stage == "pt":
+            sets.append(BlockDataset(rows))
+        elif cfg.stage == "sft":
+            if "attention_mask" in rows.column_names and len(rows) and max(rows[0]["attention_mask"]) > 1:
+                raise ConfigError(f"tokenized_path {folder} holds LLaMA-Factory's neat-packed rows; save it again "
+                                  "without packing (ember packs after loading, with packing: true)")
+            sets.append(build_sft_dataset(rows, cfg.cutoff_len, cfg.packing, split))  # packed here if asked
+        else:
+            if "kto_tags" in rows.column_names:
+                rows = rows.rename_column("kto_tags", "kto_tag")
+            wanted = FEEDBACK_COLUMNS if cfg.stage == "kto" else PAIR_COLUMNS
+            missing = [c for c in wanted if c not in rows.column_names]
+            if missing:
+                raise ConfigError(f"tokenized_path {folder} has no {', '.join(missing)}: it was not saved for "
+                                  f"stage {cfg.stage}")
+            sets.append(PairDataset(rows.select_columns(list(wanted))))
         log.info("%s: %d samples from %s", split, len(sets[-1]), folder)
     return tuple(sets)
