@@ -167,9 +167,14 @@ def test_qlora_without_quantization_bit_is_refused(tiny_model_dir, tmp_path):
         qlora_config(tiny_model_dir, tmp_path, quantization_bit=None)
 
 
-def test_quantization_bit_without_qlora_is_refused(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="qlora"):
-        qlora_config(tiny_model_dir, tmp_path, finetuning_type="lora")
+def test_lora_with_quantization_bit_is_qlora_as_in_llamafactory(tiny_model_dir, tmp_path):
+    assert qlora_config(tiny_model_dir, tmp_path, finetuning_type="lora").finetuning_type == "qlora"
+
+
+@pytest.mark.parametrize("kind", ["full", "freeze"])
+def test_quantization_bit_without_adapters_is_refused(tiny_model_dir, tmp_path, kind):
+    with pytest.raises(ConfigError, match=f"quantization_bit is set but finetuning_type is {kind}.*lora"):
+        qlora_config(tiny_model_dir, tmp_path, finetuning_type=kind)
 
 
 @pytest.mark.parametrize("bits", [3, 16])
