@@ -164,3 +164,18 @@ def test_neftune_changes_the_training_loss_not_the_eval_loss(lm_config):
     assert loss(noisy_task, noisy) == loss(plain_task, plain)
     plain.train(), noisy.train()
     assert loss(noisy_task, noisy) != loss(plain_task, plain)
+
+
+def test_dpo_with_oft_uses_the_base_with_adapters_off_as_reference(tiny_model_dir, tmp_path):
+    """OFT starts at the identity, so at step 0 the policy equals its reference (adapters disabled):
+    DPO's first loss is log 2 exactly, and training moves it."""
+    from conftest import read_metrics
+    from pathlib import Path
+    demo = Path(__file__).resolve().parents[2] / "examples" / "data"
+    cfg = build_config(dict(model_name_or_path=str(tiny_model_dir), stage="dpo", finetuning_type="oft", oft_block_size=16,
+                            template="default", dataset="pydoc_pref_alpaca", dataset_dir=str(demo), max_samples=8,
+                            cutoff_len=64, per_device_train_batch_size=4, learning_rate=5e-2, max_steps=3,
+                            logging_steps=1, save_steps=0, output_dir=str(tmp_path / "dpo"), disable_tqdm=True))
+    Trainer(cfg, build_task(cfg)).fit()
+    losses = [r["loss"] for r in read_metrics(tmp_path / "dpo") if "loss" in r]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-5) and losses[-1] != pytest.approx(math.log(2), abs=1e-4)
