@@ -140,3 +140,20 @@ def test_eval_lpips_reports_lpips_per_frame(tmp_path, monkeypatch):
     with torch.no_grad():
         metrics = task.eval_metrics(model, {"video": torch.rand(1, 3, 5, 64, 64) * 2 - 1})
     assert {"psnr", "ssim", "lpips"} <= set(metrics) and metrics["lpips"] > 0
+
+
+def test_other_mindone_flags_are_renamed_accepted_or_refused_with_a_reason():
+    from ember.config.errors import ConfigError
+    from ember.config.loader import load_config
+    seed = ["--task", "video_vae", "--video_path", "v", "--model_config", "causal_vae-tiny"]
+    cfg = load_config([*seed, "--use_recompute", "True", "--ckpt_max_keep", "3", "--loss_type", "l2",
+                       "--log_interval", "5", "--dataset_sink_mode", "False", "--vae_keep_gn_fp32", "True",
+                       "--disc_cls", "causalvideovae.model.losses.LPIPSWithDiscriminator3D"])
+    assert (cfg.gradient_checkpointing, cfg.save_total_limit, cfg.recon_loss, cfg.logging_steps) == (True, 3, "l2", 5)
+    for flags, says in ((["--loss_scaler_type", "static"], "loss_scaler_type.*GradScaler"),
+                        (["--use_parallel", "True"], "use_parallel.*nproc_per_node"),
+                        (["--vae_keep_gn_fp32", "False"], "vae_keep_gn_fp32.*fp32"),
+                        (["--dataset_sink_mode", "True"], "dataset_sink_mode"),
+                        (["--loss_type", "l1", "--recon_loss", "l2"], "loss_type.*recon_loss")):
+        with pytest.raises(ConfigError, match=says):
+            load_config([*seed, *flags])

@@ -9,6 +9,7 @@ import logging
 from typing import Any
 
 from .errors import ConfigError
+from .foreign_mindone import take_mindone_keys
 from .foreign_llamafactory import INSTEAD_LF, NO_EFFECT_LF
 
 log = logging.getLogger("ember")
@@ -66,6 +67,7 @@ INSTEAD.update(INSTEAD_LF)
 
 def take_foreign_keys(raw: dict[str, Any]) -> dict[str, Any]:
     """Remove recognised foreign keys from one source: notice for harmless ones, error for the rest."""
+    raw = take_mindone_keys(raw)  # seed 000's other mindone flags (renamed, or checked by value)
     kept = {}
     for key, value in raw.items():
         if key in INSTEAD and value not in (None, False, "", "none"):
