@@ -59,7 +59,8 @@ def check_consistency(cfg: TrainConfig) -> None:
         raise ConfigError(f"quantization_bit is set but finetuning_type is {cfg.finetuning_type}; a quantized base "
                           "trains only through adapters: use finetuning_type: lora")
     if cfg.packing and cfg.stage != "sft":
-        raise ConfigError("packing applies to stage sft; stage pt always fills cutoff_len blocks")
+        raise ConfigError("packing: true applies to stage sft; stage pt packs cutoff_len blocks unless packing: false "
+                          "(then one truncated document per sample)")
     if cfg.adapter_name_or_path and cfg.finetuning_type not in ("lora", "qlora", "oft"):
         raise ConfigError("adapter_name_or_path needs finetuning_type lora, qlora or oft")
     check_methods(cfg)
