@@ -83,6 +83,10 @@ def apply_lora(model: nn.Module, cfg) -> nn.Module:
     model = get_peft_model(model, config)
     if cfg.pissa_convert:
         model.pissa_initial = _save_initial_adapter(model)
+    elif cfg.pissa_init:
+        log.warning("pissa_init: the adapter saved in output_dir goes with the PiSSA residual of the base, not the "
+                    "base itself (as in LLaMA-Factory); pissa_convert: true also writes a plain LoRA adapter for the "
+                    "original base in output_dir/pissa_converted")
     return model
 
 
