@@ -113,10 +113,13 @@ def test_the_issues_families_are_declared():
     assert not [name for name in wanted if name not in TEMPLATES]
 
 
-def test_unknown_template_suggests_the_close_one(data_dir, tmp_path):
-    tokenizer = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path")
+def test_template_keys_are_checked_with_the_config(data_dir, tmp_path):
     with pytest.raises(ConfigError, match="did you mean 'qwen3_nothink'"):
-        load_template(tokenizer, config(data_dir, tmp_path, template="qwen3_nothnk"))
+        config(data_dir, tmp_path, template="qwen3_nothnk")
+    with pytest.raises(ConfigError, match="tool_format: unknown tool format 'hermes'"):
+        config(data_dir, tmp_path, template="qwen", tool_format="hermes")
+    with pytest.raises(ConfigError, match="train_on_prompt: template 'glm4'"):
+        config(data_dir, tmp_path, template="glm4", train_on_prompt=True)
 
 
 def test_chat_template_is_replaced_where_llamafactory_replaces_it(data_dir, tmp_path):

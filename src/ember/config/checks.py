@@ -58,6 +58,9 @@ def check_consistency(cfg: TrainConfig) -> None:
         # finetuning_type lora + quantization_bit is read as qlora when the sources are merged (loader)
         raise ConfigError(f"quantization_bit is set but finetuning_type is {cfg.finetuning_type}; a quantized base "
                           "trains only through adapters: use finetuning_type: lora")
+    if cfg.task == "causal_lm":
+        from ..data.templates import check_template_keys
+        check_template_keys(cfg)  # an unknown template or tool format stops here, before any work
     if cfg.packing and cfg.stage != "sft":
         raise ConfigError("packing: true applies to stage sft; stage pt packs cutoff_len blocks unless packing: false "
                           "(then one truncated document per sample)")

@@ -30,6 +30,17 @@ def get_template(name: str) -> Template:
     return TEMPLATES[name]
 
 
+def check_template_keys(cfg) -> None:
+    """The template keys that can be checked without a tokenizer (called with the config checks)."""
+    if cfg.template:
+        template = get_template(cfg.template)
+        if cfg.train_on_prompt and template.efficient_eos:
+            raise ConfigError(f"train_on_prompt: template '{template.name}' puts EOS only at the end of a sample "
+                              "(efficient_eos), so its prompts cannot be trained on, as in LLaMA-Factory")
+    if cfg.tool_format:
+        check_tool_format(cfg.tool_format, "tool_format")
+
+
 def load_template(tokenizer, cfg) -> Template:
     """The config's template, with the config's template options, and the tokenizer fixed for it
     (changed in place). Options: tool_format, default_system, enable_thinking, preserve_thinking."""
