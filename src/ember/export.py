@@ -54,7 +54,12 @@ def export_merged(cfg: ExportConfig) -> Path:
         adapter = Path(cfg.adapter_name_or_path)
         if not (adapter / "adapter_config.json").is_file():
             raise ConfigError(f"adapter_name_or_path: {adapter} has no adapter_config.json")
-        if read_json_object(adapter / "adapter_config.json", "adapter_name_or_path").get("base_model_name_or_path") is None:
+        adapter_config = read_json_object(adapter / "adapter_config.json", "adapter_name_or_path")
+        if str(adapter_config.get("init_lora_weights")).startswith("pissa"):
+            # its A·B were split off the base's weights: merged into the original base they double-count
+            raise ConfigError(f"adapter_name_or_path: {adapter} is a PiSSA adapter, which goes with the PiSSA residual "
+                              "of the base; export its plain-LoRA form <output_dir>/pissa_converted (pissa_convert: true)")
+        if adapter_config.get("base_model_name_or_path") is None:
             log.warning("the adapter does not record its base model; assuming %s", cfg.model_name_or_path)
         if (adapter / "tokenizer_config.json").is_file():
             tokenizer_source = str(adapter)  # it carries the chat template used in training

@@ -179,3 +179,20 @@ def test_dpo_with_oft_uses_the_base_with_adapters_off_as_reference(tiny_model_di
     Trainer(cfg, build_task(cfg)).fit()
     losses = [r["loss"] for r in read_metrics(tmp_path / "dpo") if "loss" in r]
     assert losses[0] == pytest.approx(math.log(2), abs=1e-5) and losses[-1] != pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_export_refuses_the_pissa_adapter_and_merges_the_converted_one(lm_config, tiny_model_dir, tmp_path):
+    from ember.config import ConfigError
+    from ember.export import export_merged, parse_export_config
+    cfg = lm_config(finetuning_type="lora", pissa_init=True, pissa_convert=True, lora_rank=4, learning_rate=1e-2)
+    trainer = Trainer(cfg, build_task(cfg))
+    trainer.fit()
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="PiSSA adapter.*pissa_converted"):
+        export_merged(parse_export_config(dict(model_name_or_path=str(tiny_model_dir), adapter_name_or_path=str(out),
+                                               export_dir=str(tmp_path / "merged"))))
+    merged = export_merged(parse_export_config(dict(model_name_or_path=str(tiny_model_dir), export_dir=str(tmp_path / "m2"),
+                                                    adapter_name_or_path=str(out / "pissa_converted"))))
+    ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(base_model(merged)(input_ids=ids).logits, trainer.raw.eval()(input_ids=ids).logits, atol=1e-4)
