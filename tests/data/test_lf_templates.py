@@ -93,6 +93,9 @@ def test_templates_change_the_tokenizer_as_llamafactory(tmp_path, data_dir):
         assert (tokenizer.eos_token, tokenizer.eos_token_id, len(tokenizer)) == \
             (after["eos_token"], after["eos_token_id"], after["vocab_size_with_added"]), name
         assert tokenizer.get_added_vocab() == after["added_vocab"], name
+        if "modified_tokenizer_dir" in info:  # the tokenizer LLaMA-Factory saved: its chat_template too
+            saved = load_tokenizer(str(LF / info["modified_tokenizer_dir"]), "model_name_or_path")
+            assert (tokenizer.chat_template, tokenizer.get_vocab()) == (saved.chat_template, saved.get_vocab()), name
 
 
 @pytest.mark.parametrize("case", FIXTURE["pt_cases"], ids=lambda c: f"{c['template']}-packing_{c['packing']}")
