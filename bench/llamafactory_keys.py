@@ -1,5 +1,6 @@
 """Writes docs/llamafactory_keys.md: what ember does with every key LLaMA-Factory declares (its hparams
-dataclasses) and every key of its example YAMLs (train_lora, train_full, train_qlora, merge_lora).
+dataclasses) and every key of its example YAMLs (train_lora, train_full, train_qlora, merge_lora, and the
+method recipes of examples/extras that ember implements).
 
     python bench/llamafactory_keys.py PATH/TO/LLaMA-Factory/src/llamafactory/hparams > docs/llamafactory_keys.md
 
@@ -27,8 +28,6 @@ PARTLY = {
     "pref_bco_weight": "only 0: BCO is not available",
     "ref_model_adapters": "refused when set: merge them into ref_model (ember export)",
     "ref_model_quantization_bit": "refused when set: use LoRA (reference = base with adapters off)",
-    "galore_layerwise": "true refused: ember steps after the whole backward (accumulation, clipping)",
-    "apollo_layerwise": "true refused: ember steps after the whole backward (accumulation, clipping)",
     "badam_mode": "layer implemented; ratio refused (not available)",
     "badam_update_ratio": "ratio mode only (refused)", "badam_mask_mode": "ratio mode only (refused)",
 }
@@ -87,7 +86,8 @@ def main(hparams: Path) -> None:
         "`finetuning_type: lora` with `quantization_bit` is QLoRA, as in LLaMA-Factory.",
         "",
         f"## The example YAMLs' keys ({len(example_rows)}: train_lora, train_full, train_qlora, merge_lora, "
-        "and their commented eval keys)",
+        "the extras recipes of adam_mini, apollo, badam, galore, loraplus, muon, oft and pissa, and the "
+        "commented eval keys)",
         "",
         ", ".join(f"{kind}: {n}" for kind, n in sorted(example_counts.items())),
         "",

@@ -183,19 +183,45 @@ def test_declared_keys_that_would_change_the_result_are_refused_when_set(make_co
 def test_example_yaml_trains_with_only_paths_filled_in(name, tiny_model_dir, tmp_path):
     """LLaMA-Factory's own QLoRA spelling (lora + quantization_bit: 4) and its LoRA SFT recipe run as written;
     the test fills model, dataset_dir and output_dir, and caps the run at one step."""
-    import json
-
     from ember.engine.trainer import Trainer
     from ember.tasks import build_task
-    data = tmp_path / "data"
-    data.mkdir()
-    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe", "hello")]
-    for dataset in ("identity", "alpaca_en_demo"):
-        (data / f"{dataset}.json").write_text(json.dumps(rows))
-    (data / "dataset_info.json").write_text(json.dumps({d: {"file_name": f"{d}.json"} for d in ("identity", "alpaca_en_demo")}))
+    data = demo_data(tmp_path)
     raw = filled(EXAMPLES / name, tmp_path)
     raw.update(model_name_or_path=str(tiny_model_dir), dataset_dir=str(data))
     cfg = build_config(raw, {"max_steps": 1, "preprocessing_num_workers": 1, "dataloader_num_workers": 0})
     assert cfg.finetuning_type == ("qlora" if "otfq" in name else "lora")
     assert Trainer(cfg, build_task(cfg)).fit()["step"] == 1
     assert (Path(cfg.output_dir) / "adapter_model.safetensors").is_file()
+
+
+def demo_data(tmp_path: Path) -> Path:
+    """A dataset_dir with the two datasets LLaMA-Factory's SFT recipes name, in alpaca form."""
+    import json
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": f"{w}."} for w in ("yes", "no", "maybe", "hello")]
+    for dataset in ("identity", "alpaca_en_demo"):
+        (data / f"{dataset}.json").write_text(json.dumps(rows))
+    (data / "dataset_info.json").write_text(json.dumps({d: {"file_name": f"{d}.json"} for d in ("identity", "alpaca_en_demo")}))
+    return data
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("extras/*.yaml")), ids=lambda p: p.stem)
+def test_method_recipes_of_llamafactory_train_as_written(path, tiny_model_dir, tmp_path, caplog):
+    """examples/extras of LLaMA-Factory 0.9.5 for the methods ember implements (adam_mini, apollo, badam, galore,
+    loraplus, muon, oft, pissa): model, dataset_dir and output_dir filled in, two steps."""
+    from ember.engine.trainer import Trainer
+    from ember.tasks import build_task
+    raw = filled(path, tmp_path)
+    if "image_max_pixels" in raw:  # the Qwen2.5-VL OFT recipe: a multimodal model, refused with the reason
+        with pytest.raises(ConfigError, match="image_max_pixels.*task: vlm"):
+            build_config(raw)
+        return
+    raw.update(model_name_or_path=str(tiny_model_dir), dataset_dir=str(demo_data(tmp_path)))
+    cfg = build_config(raw, {"max_steps": 2, "preprocessing_num_workers": 1, "dataloader_num_workers": 0})
+    with caplog.at_level(logging.WARNING, logger="ember"):
+        assert Trainer(cfg, build_task(cfg)).fit()["step"] == 2
+    if raw.get("galore_layerwise") or raw.get("apollo_layerwise"):
+        assert "layerwise: ember steps one optimizer after the whole backward" in caplog.text
+    if raw.get("pissa_convert"):
+        assert (Path(cfg.output_dir) / "pissa_converted" / "adapter_config.json").is_file()

@@ -104,7 +104,6 @@ def test_badam_trains_one_block_of_layers_at_a_time():
 @pytest.mark.parametrize("keys, message", [
     (dict(use_galore=True, finetuning_type="lora"), "use_galore.*adapters"),
     (dict(use_galore=True, use_muon=True), "choose one optimizer"),
-    (dict(use_apollo=True, apollo_layerwise=True), "apollo_layerwise"),
     (dict(use_adam_mini=True, optim="sgd"), "leave optim at adamw"),
     (dict(use_badam=True, resume_from_checkpoint="true"), "use_badam cannot resume"),
     (dict(use_badam=True, badam_mode="ratio"), "badam_mode ratio"),

@@ -60,10 +60,6 @@ def _check_optimizers(cfg) -> None:
                           f"leave optim at adamw, not {cfg.optim}")
     if cfg.distributed_strategy == "fsdp":
         raise ConfigError(f"{key} works on whole weights, not FSDP shards; use distributed_strategy ddp")
-    for flag in ("galore_layerwise", "apollo_layerwise"):
-        if getattr(cfg, flag):
-            raise ConfigError(f"{flag} (one optimizer stepped per layer during backward) is not available: ember steps "
-                              "after the whole backward, which gradient accumulation and clipping need; set it false")
     if cfg.use_badam and cfg.resume_from_checkpoint not in (None, "false"):
         raise ConfigError("use_badam cannot resume: BAdam's active block and its step count are not part of its "
                           "saved state (load_from_checkpoint starts a new run from the weights)")

@@ -8,6 +8,7 @@ plain dict of its fields (ember reads optimizer state with weights_only=True, so
 numbers), and resuming rebuilds the object from those fields."""
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 from ...config.errors import ConfigError
 from ..optim import decay_split
 
+log = logging.getLogger("ember")
 MARK = "ember_projector"
 # the projector classes a checkpoint may name: nothing else is ever constructed from one
 PROJECTORS = {"galore_torch.galore_projector.GaLoreProjector", "apollo_torch.svd_projector.GaLoreProjector",
@@ -53,6 +55,10 @@ def projected_adamw(model: nn.Module, cfg) -> torch.optim.Optimizer:
     except ImportError:
         raise ConfigError(f"{key} needs the {package.replace('_', '-')} package: "
                           f"pip install {package.replace('_', '-')}") from None
+    if cfg.galore_layerwise if cfg.use_galore else cfg.apollo_layerwise:
+        log.warning("%s_layerwise: ember steps one optimizer after the whole backward (the same update, with more "
+                    "gradient memory held); it clips gradients at max_grad_norm, which LLaMA-Factory's per-layer mode "
+                    "does not do (set max_grad_norm: 0 to match it)", key[4:])
     projected = target_matrices(model, target)
     ids = {id(p) for p in projected}
     groups = decay_split(((n, p) for n, p in model.named_parameters() if id(p) not in ids), cfg.weight_decay)
