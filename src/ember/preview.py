@@ -15,6 +15,7 @@ import datasets
 
 from .config.errors import ConfigError
 from .data.labels import IGNORE
+from .data.media import refuse_media
 
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "«", "»"
 
@@ -33,6 +34,7 @@ def preview_samples(cfg, n: int) -> tuple[object, list[tuple[list[int], list[int
     task = build_task(cfg)  # loads the tokenizer and the template only; the model is built later, in training
     samples: list[tuple[list[int], list[int]]] = []
     for spec, ds in task.read_datasets(cfg.dataset):
+        refuse_media(ds, spec)  # as training does
         start = 0
         while len(samples) < n and start < len(ds):  # encode only as many rows as the preview needs
             rows = ds.select(range(start, min(start + BATCH_DOCUMENTS, len(ds))))

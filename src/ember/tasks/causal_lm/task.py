@@ -57,13 +57,12 @@ class CausalLMTask(Task):
     # ---- data ---------------------------------------------------------------------------
     def read_datasets(self, names: str) -> list:
         """(spec, rows) of each named dataset, as training reads them (ember preview reads them too)."""
-        parts = [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
-        for spec, ds in parts:
-            refuse_media(ds, spec)  # never train text-only on a dataset with pictures, silently
-        return parts
+        return [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
 
     def _prepare(self, parts: list, label: str):
         cfg = self.cfg
+        for spec, ds in parts:  # whole datasets, or streamed chunks of them
+            refuse_media(ds, spec)  # never train text-only on a dataset with pictures, silently
         if cfg.stage == "pt":
             texts = [text_column(ds, spec) for spec, ds in parts]
             joined = datasets.concatenate_datasets(texts) if len(texts) > 1 else texts[0]
