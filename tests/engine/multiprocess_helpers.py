@@ -96,16 +96,17 @@ def assert_ran(rc: int | None, log: str) -> None:
 
 
 # ---- comparing runs ---------------------------------------------------------------------
-def assert_same_curve(got_dir, want_dir, *, want_name: str = "") -> None:
-    """Every logged step holds the same keys and values within REL; `want_name` names the
-    wanted run in the failure message ("... vs single-process 2.31")."""
+def assert_same_curve(got_dir, want_dir, *, want_name: str = "", rel: float = REL,
+                      rel_for: dict[str, float] | None = None) -> None:
+    """Every logged step holds the same keys and values within `rel` (or rel_for[key]); `want_name`
+    names the wanted run in the failure message ("... vs single-process 2.31")."""
     vs = f"vs {want_name} " if want_name else "vs "
     got, want = curve(got_dir), curve(want_dir)
     assert [r["step"] for r in got] == [r["step"] for r in want], "logged steps differ"
     for g, w in zip(got, want):
         assert g.keys() == w.keys(), f"step {w['step']}: keys {sorted(g)} != {sorted(w)}"
         for key in w:
-            assert g[key] == pytest.approx(w[key], rel=REL, abs=1e-9), \
+            assert g[key] == pytest.approx(w[key], rel=(rel_for or {}).get(key, rel), abs=1e-9), \
                 f"step {w['step']} {key}: {g[key]!r} {vs}{w[key]!r}"
 
 

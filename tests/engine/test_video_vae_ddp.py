@@ -92,10 +92,18 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs, pair):
     one, ddp = tmp / f"{pair}_one", tmp / f"{pair}_ddp"
     rows = read_metrics(one)
     losses = [r["loss"] for r in rows if "loss" in r]
-    assert len(losses) == STEPS and losses[-1] < losses[0], f"{pair}: the reference should learn: {losses}"
+    # from disc_start (2) odd steps train the discriminator alone (the reference alternates): step 4
+    # logs loss_disc and no VAE loss
+    assert len(losses) == STEPS - (pair == "gan") and losses[-1] < losses[0], \
+        f"{pair}: the reference should learn: {losses}"
     # the discriminator's optimizer is logged (and stepped) only once it has joined
     assert ("loss_disc" in rows[-1]) == (pair == "gan") and "loss_disc" not in rows[0]
-    assert_same_curve(ddp, one, want_name="one process")
+    # Open-Sora-Plan's CausalVAE at 16 px amplifies float rounding once its weights have moved: one
+    # process alone, batch 4 vs 2 × accumulation 2, differs by 8.5e-6 (step 3) and 6.8e-5 (step 4)
+    # in grad_norm, and the two-process plain run by 2.3e-5 in step 4's eval_loss (lr 0.05); its SSIM
+    # is ~0.004, where 2e-5 apart is 0.6% (the final weights below are held to 1e-5)
+    assert_same_curve(ddp, one, want_name="one process", rel=1e-4,
+                      rel_for={"grad_norm": 1e-3, "ssim": 1e-2, "ema_ssim": 1e-2})
     assert_same_weights(ddp / f"checkpoint-{STEPS}", one / f"checkpoint-{STEPS}")
 
 

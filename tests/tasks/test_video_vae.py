@@ -50,6 +50,7 @@ def test_seed_command_scaled_down_runs_and_saves_every_save_steps(videos, tmp_pa
     out = out / "9x32x32_optimized"  # mindone's exp_name: a folder under output_dir
     assert (out / "checkpoint-2" / "COMPLETE").is_file() and (out / "checkpoint-4" / "COMPLETE").is_file()
     assert "broken.avi" in caplog.text  # the corrupt file is named, and training went on
+    assert "init_loss_scale 512 is unused" in caplog.text  # bf16 scales no loss
     config = (out / "config.yaml").read_text()
     assert "run_name: 9x32x32_optimized" in config and "bf16: true" in config
     assert len([m for m in metrics(out) if "loss" in m]) == 4
