@@ -500,3 +500,27 @@ def test_tool_calls_and_results_are_formatted_and_only_answers_trained(sft_confi
     assert '{"type": "function", "function": {"name": "add"' in text
     assert supervised_text(task.tokenizer, ids, labels) == [
         '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>\n', "Two.<|im_end|>\n"]
+
+
+def test_openai_rows_read_like_the_same_sharegpt_rows():
+    """LLaMA-Factory's openai form: tool_calls become a function_call turn, consecutive tool results
+    one observation (joined by its </tool_response><tool_response> marker)."""
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
+            "observation_tag": "tool", "function_tag": "function_call", "system_tag": "system"}
+    call = {"type": "function", "function": {"name": "add", "arguments": {"a": 1}}}
+    openai = {"messages": [{"role": "system", "content": "S."}, {"role": "user", "content": "1+1? 2+2?"},
+                           {"role": "assistant", "content": "", "tool_calls": [call, call]},
+                           {"role": "tool", "content": "2"}, {"role": "tool", "content": "4"},
+                           {"role": "assistant", "content": "2 and 4."}]}
+    share = {"conversations": [
+        {"from": "system", "value": "S."}, {"from": "human", "value": "1+1? 2+2?"},
+        {"from": "function_call", "value": json.dumps([call["function"], call["function"]])},
+        {"from": "observation", "value": "2\n</tool_response>\n<tool_response>\n4"}, {"from": "gpt", "value": "2 and 4."}]}
+    got = to_conversation(openai, spec("openai", columns={"messages": "messages"}, tags=tags))
+    assert got == to_conversation(share, spec("sharegpt")) and got.system == "S." and len(got.messages) == 4
+
+
+def test_an_unknown_formatting_is_named(tmp_path, sft_config):
+    root = write_dataset(tmp_path / "d", {"odd": ({"formatting": "chatml"}, [{"text": "x"}])})
+    with pytest.raises(ConfigError, match="dataset 'odd': formatting 'chatml' is not one of alpaca, sharegpt, openai"):
+        build_task(sft_config(dataset="odd", dataset_dir=str(root))).build_data()

@@ -1,13 +1,16 @@
-"""A dataset row → a conversation, as LLaMA-Factory's alpaca and sharegpt converters read it.
+"""A dataset row → a conversation, as LLaMA-Factory's alpaca, sharegpt and openai converters read it.
 
 alpaca: history pairs, then prompt and query joined by a newline as the user turn, the response
 (a string) as the answer; system and tools columns when mapped. sharegpt: turns alternate
 user-side (human, observation) and assistant-side (gpt, function_call), an even count ending with
 an assistant-side turn; a leading system turn is the system text; a `tools` column (JSON list of
-function schemas) is described by the template's tool format.
+function schemas) is described by the template's tool format. openai: sharegpt read with its tags,
+where an assistant message's `tool_calls` become a function_call turn and consecutive tool results
+one observation turn.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .registry import DatasetSpec
@@ -16,12 +19,14 @@ SHAREGPT_TAGS = {"role_tag": "from", "content_tag": "value", "user_tag": "human"
                  "observation_tag": "observation", "function_tag": "function_call", "system_tag": "system"}
 
 
+CHAT_FORMATS = ("sharegpt", "openai")  # a list of messages per row, read with the tags
+
+
 def columns_of(spec: DatasetSpec) -> dict:
-    if spec.formatting == "sharegpt":
+    if spec.formatting in CHAT_FORMATS:
         return {"messages": "conversations", "system": None, **spec.columns}
     return {"prompt": "instruction", "query": "input", "response": "output", "system": None, "history": None,
             **spec.columns}
-
 
 
 @dataclass
@@ -39,7 +44,8 @@ def _text(row: dict, column: str | None) -> str:
 def to_conversation(row: dict, spec: DatasetSpec) -> Conversation | None:
     """The row's conversation, or None for a row LLaMA-Factory would skip as malformed."""
     cols = columns_of(spec)
-    messages = _sharegpt_messages(row, spec, cols) if spec.formatting == "sharegpt" else _alpaca_messages(row, cols)
+    messages = _alpaca_messages(row, cols) if spec.formatting not in CHAT_FORMATS else \
+        _sharegpt_messages(row, spec, cols, openai=spec.formatting == "openai")
     if messages is None:
         return None
     messages, system = messages
@@ -64,7 +70,27 @@ def _alpaca_messages(row: dict, cols: dict):
                        {"role": "assistant", "content": response}], None
 
 
-def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict):
+def _openai_turns(turns: list[dict], tags: dict) -> list[dict]:
+    """Tool calls written as function_call turns, consecutive tool results joined into one
+    observation (results after the last other turn are left out, as LLaMA-Factory)."""
+    out, results = [], []
+    for turn in turns:
+        role, content = turn.get(tags["role_tag"]), turn.get(tags["content_tag"])
+        if role in (tags["assistant_tag"], tags["function_tag"]) and turn.get("tool_calls"):
+            role = tags["function_tag"]
+            content = json.dumps([call["function"] for call in turn["tool_calls"]], ensure_ascii=False)
+        if role == tags["observation_tag"]:
+            results.append(content)
+            continue
+        if results:
+            out.append({tags["role_tag"]: tags["observation_tag"],
+                        tags["content_tag"]: "\n</tool_response>\n<tool_response>\n".join(map(str, results))})
+            results = []
+        out.append({tags["role_tag"]: role, tags["content_tag"]: content})
+    return out
+
+
+def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict, openai: bool = False):
     tags = {**SHAREGPT_TAGS, **spec.tags}
     roles = {tags["user_tag"]: "user", tags["observation_tag"]: "observation",
              tags["assistant_tag"]: "assistant", tags["function_tag"]: "function"}
@@ -75,6 +101,8 @@ def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict):
     system = None
     if turns and turns[0].get(tags["role_tag"]) == tags["system_tag"]:
         system, turns = str(turns[0].get(tags["content_tag"]) or ""), turns[1:]
+    if openai:
+        turns = _openai_turns(turns, tags)
     messages = []
     for i, turn in enumerate(turns):
         role = turn.get(tags["role_tag"])

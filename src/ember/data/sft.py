@@ -16,7 +16,7 @@ import datasets
 
 from ..config.errors import ConfigError
 from .chat_template import DROPPED, OK, TRUNCATED, _tokenize, conversation_pieces, encode_conversation  # noqa: F401
-from .conversation import Conversation, columns_of, to_conversation, to_messages  # noqa: F401  (to_messages: see chat_template)
+from .conversation import CHAT_FORMATS, Conversation, columns_of, to_conversation, to_messages  # noqa: F401  (to_messages: see chat_template)
 from .labels import IGNORE
 from .registry import DatasetSpec
 from .truncation import infer_seqlen
@@ -26,14 +26,16 @@ TOO_LONG, NO_ANSWER = 3, 4  # dropped: longer than cutoff_len (overlong: drop); 
 
 
 def check_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
+    if spec.formatting not in ("alpaca", *CHAT_FORMATS):
+        raise ConfigError(f"dataset '{spec.name}': formatting '{spec.formatting}' is not one of alpaca, sharegpt, openai")
     cols = columns_of(spec)
-    required = [cols["messages"]] if spec.formatting == "sharegpt" else [cols["prompt"], cols["response"]]
+    required = [cols["messages"]] if spec.formatting in CHAT_FORMATS else [cols["prompt"], cols["response"]]
     named = [cols[k] for k in ("system", "history") if cols.get(k)]  # optional, but must exist when named
     for name in required + named:
         if name not in ds.column_names:
             raise ConfigError(f"dataset '{spec.name}' ({spec.formatting}) has no column '{name}' "
                               f"(it has: {', '.join(ds.column_names)}); map it with columns in dataset_info.json")
-    if spec.formatting != "sharegpt":
+    if spec.formatting not in CHAT_FORMATS:
         texts = [cols[k] for k in ("prompt", "query", "response", "system") if cols.get(k) in ds.column_names]
         for name in texts:
             _check_text_column(ds, spec, name)
