@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from ember.cli import main
+from ember.models.hf import load_tokenizer
 
 LF = Path(__file__).resolve().parent / "fixtures" / "llamafactory"
 FIXTURE = json.loads((LF / "lf_encodings.json").read_text())
@@ -27,8 +28,11 @@ def data_dir(tmp_path_factory) -> Path:
     (root / "alpaca.json").write_text(json.dumps(rows))
     docs = [{"text": r["_prompt"][0]["content"]} for r in FIXTURE["sources"]["c4_demo"]["rows"]]
     (root / "c4.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    pairs = [{"instruction": "Capital of France?", "input": "", "chosen": "Paris.", "rejected": "Rome."}]
+    (root / "pairs.json").write_text(json.dumps(pairs))
     (root / "dataset_info.json").write_text(json.dumps({"alpaca": {"file_name": "alpaca.json"},
-                                                        "c4": {"file_name": "c4.jsonl", "columns": {"prompt": "text"}}}))
+                                                        "c4": {"file_name": "c4.jsonl", "columns": {"prompt": "text"}},
+                                                        "pairs": {"file_name": "pairs.json", "ranking": True}}))
     return root
 
 
@@ -61,8 +65,13 @@ def test_pretraining_blocks(capsys, data_dir):
     assert [json.loads(line)["input_ids"] for line in out.splitlines()] == [b["input_ids"] for b in case["blocks"][:3]]
 
 
-def test_other_stages_are_refused_in_one_line(capsys, data_dir):
-    assert main(["preview", f"model_name_or_path={LF / 'tokenizer'}", f"dataset_dir={data_dir}", "stage=dpo",
-                 "dataset=alpaca", "output_dir=unused"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("ember: error: ember preview shows the samples of task causal_lm, stage pt or sft")
+def test_preference_pairs_show_both_answers(capsys, data_dir):
+    out = preview(capsys, data_dir, "stage=dpo", "dataset=pairs", "template=default", "--n", "1", "--json")
+    (pair,) = [json.loads(line) for line in out.splitlines()]
+    tokenizer = load_tokenizer(str(LF / "tokenizer"), "model_name_or_path")
+    for side, answer in (("chosen", "Paris."), ("rejected", "Rome.")):
+        ids, labels = pair[f"{side}_input_ids"], pair[f"{side}_labels"]
+        trained = tokenizer.decode([i for i, label in zip(ids, labels) if label != -100])
+        assert trained.startswith(answer) and "Capital of France?" in tokenizer.decode(ids)
+    text = preview(capsys, data_dir, "stage=dpo", "dataset=pairs", "template=default", "--n", "1")
+    assert "--- sample 1 chosen:" in text and "--- sample 1 rejected:" in text

@@ -107,8 +107,8 @@ def _export(args: list[str]) -> int:
 
 
 def _preview(args: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="ember preview", allow_abbrev=False, description="the first training samples (pt, sft) "
-                                     "exactly as training builds them; text within « » carries no loss")
+    parser = argparse.ArgumentParser(prog="ember preview", allow_abbrev=False, description="the first training samples of an LM "
+                                     "config exactly as training builds them; text within « » carries no loss")
     parser.add_argument("--n", type=int, default=3, help="how many samples, in dataset order")
     parser.add_argument("--json", action="store_true", help="one JSON line per sample: input_ids and labels")
     opts, rest = parser.parse_known_args(args)  # the rest: the config, as for ember train

@@ -5,7 +5,8 @@ The samples are built by the training code itself (the LM task's reader, templat
 with max_samples, cutoff_len and the template keys of the config), in dataset order: before the
 validation split, shuffling and packing. Only the tokenizer is loaded (model_name_or_path may be
 a folder holding just a tokenizer). Pretraining blocks are cut from the first batches of 1000
-documents as a one-process run cuts them.
+documents as a one-process run cuts them. The preference stages show each pair's chosen and
+rejected sequences (kto: the sample and its KL sample), as their data code builds them.
 """
 from __future__ import annotations
 
@@ -20,41 +21,47 @@ from .data.media import refuse_media
 NO_LOSS_OPEN, NO_LOSS_CLOSE = "«", "»"
 
 
-def preview_samples(cfg, n: int) -> tuple[object, list[tuple[list[int], list[int]]]]:
-    """(the tokenizer, the first n samples as (input_ids, labels))."""
-    if cfg.task != "causal_lm" or cfg.stage not in ("pt", "sft"):
-        raise ConfigError(f"ember preview shows the samples of task causal_lm, stage pt or sft (got task {cfg.task}, "
-                          f"stage {cfg.stage})")
+def preview_samples(cfg, n: int) -> tuple[object, list[dict]]:
+    """(the tokenizer, the first n samples): each a dict of its sequences' input_ids and labels
+    (pt, sft: input_ids, labels; preference pairs: chosen_* and rejected_*; kto: the sample, its
+    KL sample kl_* and kto_tag)."""
+    if cfg.task != "causal_lm":
+        raise ConfigError(f"ember preview shows the samples of task causal_lm (got task {cfg.task})")
     if cfg.dataset is None:
         raise ConfigError("no training data: set dataset (a name in dataset_info.json or a path)")
-    from .data.pretrain import BATCH_DOCUMENTS, build_blocks
-    from .data.readers import text_column
-    from .data.sft import encode_sft
+    from .data.pretrain import BATCH_DOCUMENTS
     from .tasks import build_task
     task = build_task(cfg)  # loads the tokenizer and the template only; the model is built later, in training
-    samples: list[tuple[list[int], list[int]]] = []
+    samples: list[dict] = []
     for spec, ds in task.read_datasets(cfg.dataset):
         refuse_media(ds, spec)  # as training does
         start = 0
         while len(samples) < n and start < len(ds):  # encode only as many rows as the preview needs
             rows = ds.select(range(start, min(start + BATCH_DOCUMENTS, len(ds))))
             start += len(rows)
-            if cfg.stage == "pt":
-                blocks = build_blocks(text_column(rows, spec), task.tokenizer, cfg, "preview", cfg.template)
-                samples += [(ids, ids) for ids in (blocks[i].tolist() for i in range(len(blocks)))]
-            else:
-                encoded = _encode_rows(encode_sft, rows, spec, task, cfg)
-                samples += list(zip(encoded["input_ids"], encoded["labels"])) if encoded is not None else []
+            samples += _encode_stretch(task, cfg, spec, rows)
     return task.tokenizer, samples[:n]
 
 
-def _encode_rows(encode_sft, rows, spec, task, cfg):
+def _encode_stretch(task, cfg, spec, rows) -> list[dict]:
+    """The samples of a stretch of rows, encoded by training's own functions."""
+    from .data.preference import build_pair_dataset
+    from .data.pretrain import build_blocks
+    from .data.readers import text_column
+    from .data.sft import encode_sft
+    if cfg.stage == "pt":
+        blocks = build_blocks(text_column(rows, spec), task.tokenizer, cfg, "preview", cfg.template)
+        return [{"input_ids": ids, "labels": ids} for ids in (blocks[i].tolist() for i in range(len(blocks)))]
     try:
-        return encode_sft(rows, spec, task.template, task.tokenizer, cfg)
+        if task.pairs is not None:
+            pairs = build_pair_dataset([(spec, rows)], task.tokenizer, cfg, "preview")
+            return [pairs[i] for i in range(len(pairs))]
+        encoded = encode_sft(rows, spec, task.template, task.tokenizer, cfg)
     except ConfigError as err:
-        if "no usable samples" in str(err):  # every row of this stretch dropped: look further
-            return None
+        if "no usable" in str(err):  # every row of this stretch dropped: look further
+            return []
         raise
+    return [{"input_ids": ids, "labels": labels} for ids, labels in zip(encoded["input_ids"], encoded["labels"])]
 
 
 def marked_text(tokenizer, ids: list[int], labels: list[int]) -> str:
@@ -77,14 +84,18 @@ def _span(tokenizer, ids: list[int], trained: bool) -> str:
     return text if trained else f"{NO_LOSS_OPEN}{text}{NO_LOSS_CLOSE}"
 
 
-def render(tokenizer, samples: list[tuple[list[int], list[int]]], as_json: bool) -> str:
+def render(tokenizer, samples: list[dict], as_json: bool) -> str:
     if as_json:
-        return "".join(json.dumps({"input_ids": ids, "labels": labels}) + "\n" for ids, labels in samples)
+        return "".join(json.dumps(sample) + "\n" for sample in samples)
     blocks = [f"text within {NO_LOSS_OPEN} {NO_LOSS_CLOSE} carries no loss"]
-    for number, (ids, labels) in enumerate(samples, 1):
-        trained = sum(label != IGNORE for label in labels)
-        blocks.append(f"--- sample {number}: {len(ids)} tokens, {trained} with loss ---\n"
-                      f"{marked_text(tokenizer, ids, labels)}")
+    for number, sample in enumerate(samples, 1):
+        tag = f" ({'desirable' if sample['kto_tag'] else 'undesirable'})" if "kto_tag" in sample else ""
+        for side in (name[:-len("input_ids")] for name in sample if name.endswith("input_ids")):
+            ids, labels = sample[f"{side}input_ids"], sample[f"{side}labels"]
+            what = f" {side.rstrip('_')}" if side else tag
+            trained = sum(label != IGNORE for label in labels)
+            blocks.append(f"--- sample {number}{what}: {len(ids)} tokens, {trained} with loss ---\n"
+                          f"{marked_text(tokenizer, ids, labels)}")
     return "\n".join(blocks) + "\n"
 
 
