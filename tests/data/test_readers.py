@@ -203,3 +203,16 @@ def test_registry_num_samples_and_max_samples_take_the_smaller(tmp_path):
     path = _jsonl(tmp_path / "c.jsonl", [{"text": f"doc {i}"} for i in range(10)])
     assert len(read_dataset(_spec(path, num_samples=4), max_samples=6)) == 4
     assert len(read_dataset(_spec(path, num_samples=8), max_samples=5)) == 5
+
+
+def test_num_samples_draws_rows_as_llamafactory(tmp_path):
+    """A seeded permutation cut to num_samples; beyond the row count every row once, then rows
+    drawn again (LLaMA-Factory's numpy draws, here from the run's seed)."""
+    import numpy as np
+    path = _jsonl(tmp_path / "c.jsonl", [{"text": f"doc {i}"} for i in range(10)])
+    rows = lambda n, seed: list(read_dataset(_spec(path, num_samples=n), seed=seed)["text"])  # noqa: E731
+    rng = np.random.RandomState(7)
+    assert rows(4, 7) == [f"doc {i}" for i in rng.permutation(10)[:4]]
+    assert rows(4, 7) == rows(4, 7) != rows(4, 8)
+    grown = rows(25, 7)
+    assert len(grown) == 25 and sorted(set(grown[:10])) == sorted(f"doc {i}" for i in range(10))

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pyarrow as pa
 
 from ..config.errors import ConfigError
@@ -97,7 +98,9 @@ def _holds_rows(name: str, builder: str) -> bool:
     return len(seen) >= needed
 
 
-def read_dataset(spec: DatasetSpec, max_samples: int | None = None) -> datasets.Dataset:
+def read_dataset(spec: DatasetSpec, max_samples: int | None = None, seed: int = 42) -> datasets.Dataset:
+    """The dataset's rows: num_samples of them drawn as LLaMA-Factory draws them (seed: the run's),
+    then the first max_samples."""
     builder, files = data_files(spec.path)
     for name in files:
         if not Path(name).is_file():
@@ -114,8 +117,19 @@ def read_dataset(spec: DatasetSpec, max_samples: int | None = None) -> datasets.
     check_utf8(ds, spec, builder, files)
     if len(ds) == 0:
         raise ConfigError(f"dataset '{spec.name}' ({spec.path}) is empty")
-    limit = min(n for n in (max_samples, spec.num_samples, len(ds)) if n is not None)
-    return ds.select(range(limit)) if limit < len(ds) else ds
+    if spec.num_samples is not None:
+        ds = ds.select(sample_indices(len(ds), spec.num_samples, seed))
+    return ds.select(range(max_samples)) if max_samples is not None and max_samples < len(ds) else ds
+
+
+def sample_indices(rows: int, wanted: int, seed: int) -> list[int]:
+    """dataset_info's num_samples, as LLaMA-Factory draws them: a seeded permutation of the rows
+    (each row once) cut to num_samples; past the number of rows, rows drawn again at random."""
+    rng = np.random.RandomState(seed)
+    indices = rng.permutation(rows)[:wanted]
+    if wanted > rows:
+        indices = np.concatenate([indices, rng.choice(rows, wanted - rows)])
+    return indices.tolist()
 
 
 def _first_line(err: Exception) -> str:

@@ -57,7 +57,8 @@ class CausalLMTask(Task):
     # ---- data ---------------------------------------------------------------------------
     def read_datasets(self, names: str) -> list:
         """(spec, rows) of each named dataset, as training reads them (ember preview reads them too)."""
-        return [(spec, read_dataset(spec, self.cfg.max_samples)) for spec in resolve_datasets(names, self.cfg.dataset_dir)]
+        return [(spec, read_dataset(spec, self.cfg.max_samples, self.cfg.seed))
+                for spec in resolve_datasets(names, self.cfg.dataset_dir)]
 
     def _prepare(self, parts: list, label: str):
         cfg = self.cfg
