@@ -27,11 +27,13 @@ def test_exp_name_is_a_folder_under_output_dir_once():
 
 
 def test_init_loss_scale_drives_fp16_and_is_reported_unused_under_bf16(caplog):
+    from ember.config.schema import PrecisionGroup
     from ember.engine.runtime import Precision
-    fp16 = Precision(build_config({**BASE, "precision": "fp16", "init_loss_scale": 512}), torch.device("cpu"))
+    part = lambda **keys: build_config({**BASE, **keys}).part(PrecisionGroup)  # noqa: E731  what the trainer hands it
+    fp16 = Precision(part(precision="fp16", init_loss_scale=512), torch.device("cpu"))
     assert fp16.scaler.get_scale() == 512
     with caplog.at_level(logging.WARNING, logger="ember"):
-        bf16 = Precision(build_config({**BASE, "precision": "bf16", "init_loss_scale": 512}), torch.device("cpu"))
+        bf16 = Precision(part(precision="bf16", init_loss_scale=512), torch.device("cpu"))
     assert bf16.scaler is None and "init_loss_scale 512 is unused" in caplog.text
 
 

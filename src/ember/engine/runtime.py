@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..config.errors import ConfigError
+from ..config.schema import PrecisionGroup
 
 log = logging.getLogger("ember")
 
@@ -33,6 +34,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# an init_loss_scale other than the default was asked for (the Precision sees only its group's values)
+_DEFAULT_LOSS_SCALE = PrecisionGroup.model_fields["init_loss_scale"].default
+
+
 class Precision:
     """fp32, fp16 (autocast + loss scaling), bf16 (autocast) or pure_bf16 (bf16 weights).
 
@@ -47,7 +52,7 @@ class Precision:
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=cfg.init_loss_scale)
                        if self.name == "fp16" else None)
         self.skipped_steps = 0
-        if self.name != "fp16" and "init_loss_scale" in getattr(cfg, "model_fields_set", ()):
+        if self.name != "fp16" and cfg.init_loss_scale != _DEFAULT_LOSS_SCALE:
             # seed 000 passes --init_loss_scale 512 with --precision bf16: mindone scales every
             # low-precision loss, torch only needs it for fp16 (bf16 has fp32's exponent range)
             log.warning("init_loss_scale %g is unused: only fp16 scales the loss, and this run is %s",
