@@ -35,7 +35,8 @@ def summary(name: str, evals: list[dict]) -> dict:
                 "before": round(margin(first), 4), "after": round(margin(last), 4)}
     return {"recipe": name, "metric": "eval_rewards/accuracies", "step": [first["step"], last["step"]],
             "before": round(first["eval_rewards/accuracies"], 4), "after": round(last["eval_rewards/accuracies"], 4),
-            "best": round(max(r["eval_rewards/accuracies"] for r in evals), 4)}
+            "best": round(max(r["eval_rewards/accuracies"] for r in evals), 4),
+            "margin": [round(first["eval_rewards/margins"], 4), round(last["eval_rewards/margins"], 4)]}
 
 
 def main() -> None:
