@@ -155,6 +155,7 @@ ALIAS_CASES = {
     "max_training_steps": (7, {"max_steps": 7}, {}),
     "eval_interval": (3, {"eval_steps": 3}, {"val_size": 0.1}),
     "stats_log_interval": (2, {"logging_steps": 2}, {}),
+    "use_cpu": (True, {"device": "cpu"}, {}),  # LLaMA-Factory's CPU switch
 }
 
 
