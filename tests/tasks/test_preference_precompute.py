@@ -44,10 +44,11 @@ def _max_difference(live: list[dict], pre: list[dict], keys) -> float:
 
 @pytest.mark.parametrize("stage,dataset,finetuning_type", [
     ("dpo", "pydoc_pref_alpaca", "full"), ("dpo", "pydoc_pref_alpaca", "lora"),
-    ("kto", "pydoc_kto", "full"), ("kto", "pydoc_kto", "lora")])
+    ("kto", "pydoc_kto", "full"), ("kto", "pydoc_kto", "lora"), ("dpo", "pydoc_pref_alpaca", "qlora")])
 def test_precomputed_reference_equals_the_live_one(pref_config, tmp_path, stage, dataset, finetuning_type):
     common = dict(stage=stage, dataset=dataset, finetuning_type=finetuning_type,
-                  **({"lora_rank": 4, "learning_rate": 5e-2} if finetuning_type == "lora" else {}))
+                  **({"lora_rank": 4, "learning_rate": 5e-2} if finetuning_type in ("lora", "qlora") else {}),
+                  **({"quantization_bit": 4, "lora_target": "all"} if finetuning_type == "qlora" else {}))
     _, live = _run(pref_config, tmp_path, "live", **common)
     trainer, pre = _run(pref_config, tmp_path, "pre", precompute_ref_log_probs=True, **common)
     assert trainer.task.pairs.reference is None  # no frozen copy, no ref_model: one model in memory
