@@ -32,13 +32,19 @@ def unpickling_refusal(err: pickle.UnpicklingError) -> str:
             f"{f' ({named})' if named else ''}; convert it to safetensors or a plain state dict")
 
 
-def _torch_file(path: Path) -> dict:
+def load_torch_object(path: Path):
+    """What a torch file holds, loaded with weights_only=True; a refusal or an unreadable file is
+    one ConfigError line."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise ConfigError(f"refused to load {path}: {unpickling_refusal(err)}") from None
     except Exception as err:
         raise ConfigError(f"cannot read {path}: {first_line(err)}") from None
+
+
+def _torch_file(path: Path) -> dict:
+    obj = load_torch_object(path)
     for key in ("state_dict", "model", "module"):  # Lightning and trainer-style wrappers
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

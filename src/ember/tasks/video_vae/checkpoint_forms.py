@@ -14,7 +14,6 @@ stop the load with one line naming the first few: never a partial load.
 from __future__ import annotations
 
 import logging
-import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from ...config.errors import ConfigError, first_line
-from ...engine.checkpoint.weights import unpickling_refusal
+from ...engine.checkpoint.weights import load_torch_object
 from .mindspore_ckpt import is_mindspore_checkpoint, read_mindspore_checkpoint
 
 log = logging.getLogger("ember")
@@ -97,13 +96,7 @@ def _from_torch_object(obj, path: Path) -> VAEWeights:
 
 
 def _torch_file(path: Path) -> VAEWeights:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ConfigError(f"refused to load {path}: {unpickling_refusal(err)}") from None
-    except Exception as err:
-        raise ConfigError(f"cannot read {path}: {first_line(err)}") from None
-    return _from_torch_object(obj, path)
+    return _from_torch_object(load_torch_object(path), path)
 
 
 def _weights_file(path: Path) -> VAEWeights:
