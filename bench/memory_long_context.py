@@ -98,8 +98,10 @@ def main(cutoffs: list[int], steps: int, threads: int, keep: bool) -> dict:
                 ends = raw["ends"]
                 rows[name] = {"peak_rss_mb": raw["tree_peak_rss_mb"], "tokens": raw["tokens"],
                               "largest_process_peak_rss_mb": raw["largest_process_peak_rss_mb"],
-                              "step_s": [b - a for a, b in zip([raw["launched"], *ends], ends)], "wall_s": raw["wall_s"]}
-                progress(f"  peak RSS {raw['tree_peak_rss_mb']:,.0f} MB, steps {[round(s) for s in rows[name]['step_s']]} s, "
+                              "step_s": [b - a for a, b in zip([raw["launched"], *ends], ends)],
+                              "wall_s": raw["wall_s"]}
+                steps_s = [round(s) for s in rows[name]["step_s"]]
+                progress(f"  peak RSS {raw['tree_peak_rss_mb']:,.0f} MB, steps {steps_s} s, "
                          f"tokens per step {raw['tokens']}")
             rows["ratio"] = rows["ember"]["peak_rss_mb"] / rows["lf"]["peak_rss_mb"]
             out["cutoffs"][cutoff] = rows

@@ -27,9 +27,8 @@ def test_tree_peak_sums_processes_that_hold_memory_at_the_same_time(tmp_path):
     child = f"import subprocess, sys; {hold}; subprocess.run([sys.executable, '-c', {grandchild!r}], check=True)"
     measured = process_tree.run_measured([sys.executable, "-c", child], tmp_path / "log.txt", interval=0.02)
     assert measured["returncode"] == 0
-    assert measured["tree_peak_rss_mb"] >= 400  # both 200 MB at once
-    # the kernel's ru_maxrss is the largest single process of the tree, not the sum
-    assert 200 <= measured["largest_process_peak_rss_mb"] < 300
+    # both 200 MB at once, each counted once (the kernel's ru_maxrss only sees the largest process)
+    assert 400 <= measured["tree_peak_rss_mb"] < 600
 
 
 def test_shared_yaml_is_accepted_by_ember_with_llamafactorys_cpu_flag(tmp_path):
