@@ -69,7 +69,10 @@ def run_measured(argv: list[str], log: Path, env: dict | None = None, cwd: str |
 
         def poll():
             while not done.is_set():
-                peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+                # VmHWM: the main process's own exact high-water mark (a new one from its exec),
+                # which a spike between two samples cannot escape
+                own = _field_kb(f"/proc/{proc.pid}/status", ("VmHWM",))
+                peak[0] = max(peak[0], tree_rss_kb(proc.pid), own)
                 done.wait(interval)
 
         sampler = threading.Thread(target=poll, daemon=True)
