@@ -48,7 +48,7 @@ def ensure(log=print) -> Path:
     """The venv's python, after making the venv if it is missing or was left half-made."""
     if READY.exists() and READY.read_text().split() == REQUIREMENTS and python().exists():
         return python()
-    log(f"LLaMA-Factory venv: creating {VENV} (once; ~2 minutes)")
+    log(f"LLaMA-Factory venv: creating {VENV} (once; 2-6 minutes)")
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
     pip = [str(python()), "-m", "pip", "install", "--quiet"]
