@@ -35,8 +35,10 @@ LAUNCH_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RA
 
 # ---- configuration and data -------------------------------------------------------------
 def base_config(corpus_dir, tokenizer_dir) -> dict:
-    return dict(model_config="llama-tiny", tokenizer_name_or_path=str(tokenizer_dir), dataset="tiny_text",
-                dataset_dir=str(corpus_dir), cutoff_len=CUTOFF, val_size=4, logging_steps=1, eval_steps=4,
+    # packing: false makes each document one sample, so the data can end in a short one (packed
+    # pretraining drops the remainder shorter than a block, as LLaMA-Factory does)
+    return dict(packing=False, model_config="llama-tiny", tokenizer_name_or_path=str(tokenizer_dir), dataset="tiny_text",
+                dataset_dir=str(corpus_dir), cutoff_len=CUTOFF, val_size=3, logging_steps=1, eval_steps=4,
                 save_steps=4, max_steps=STEPS, seed=7, optim="sgd", momentum=0.9, learning_rate=0.5,
                 disable_tqdm=True, plot_loss=True)
 
@@ -44,14 +46,15 @@ def base_config(corpus_dir, tokenizer_dir) -> dict:
 def choose_data(base: dict, probe_dir: Path) -> dict:
     """max_samples giving an even number of train blocks that the global batch 8 does not divide,
     more than 4 and fewer than 8 batches' worth (checkpoint-4 lands mid-epoch, the run crosses an
-    epoch end), with a short last block; and an odd number of validation blocks."""
+    epoch end), with samples shorter than cutoff_len (padding); and an odd number of validation blocks."""
     for max_samples in range(20, 60):
         cfg = build_config({**base, "max_samples": max_samples, "output_dir": str(probe_dir)})
         train, val, _ = build_task(cfg).build_data()
         n, v = len(train), len(val) if val is not None else 0
+        shortest = min(len(train[i]) for i in range(n))
         if n % 2 == 0 and n % GLOBAL_BATCH and 4 * GLOBAL_BATCH < n < GLOBAL_BATCH * STEPS \
-                and len(train[n - 1]) < CUTOFF and v % 2 and v >= 3:
-            return {"max_samples": max_samples, "blocks": n, "val_blocks": v, "tail": len(train[n - 1])}
+                and shortest < CUTOFF and v % 2 and v >= 3:
+            return {"max_samples": max_samples, "blocks": n, "val_blocks": v, "shortest": shortest}
     raise AssertionError("no max_samples gives the uneven data these tests need")
 
 

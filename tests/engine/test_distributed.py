@@ -20,7 +20,7 @@ all-reduce order) into weight differences of 1e-5..1e-4 even when the maths is i
 
 The data are chosen at run time from the fixture corpus: an even number of train blocks that
 is not a multiple of the global batch 8, so the last batch of every epoch is short, and
-a short last block, so the ranks' token counts differ; the loss must be normalised by the
+short samples, so the ranks' token counts differ; the loss must be normalised by the
 global token count. The validation blocks are odd in number and split so that rank 1 has one
 evaluation batch fewer than rank 0.
 """
@@ -120,7 +120,7 @@ def runs(tmp_path_factory, corpus_dir, tokenizer_dir):
 def test_the_data_make_the_last_batch_uneven(runs):
     data = runs["data"]
     assert data["blocks"] % 2 == 0 and data["blocks"] % GLOBAL_BATCH, data
-    assert data["tail"] < CUTOFF and data["val_blocks"] % 2 == 1, data
+    assert data["shortest"] < CUTOFF and data["val_blocks"] % 2 == 1, data
     for name in ("reference", "reference_accum"):
         losses = [r["loss"] for r in read_metrics(runs["tmp"] / name) if "loss" in r]
         assert losses[-1] < losses[0] - 0.3, f"{name} should learn, or equality proves little"
@@ -130,7 +130,7 @@ def test_the_data_make_the_last_batch_uneven(runs):
 @pytest.mark.slow
 def test_ddp_two_processes_log_the_single_process_losses(runs):
     """loss, grad_norm, lr, epoch, tokens_seen and eval_loss of every step, within 1e-5; the
-    epochs' short last batches (and the short last block) included."""
+    epochs' short last batches (and the short samples) included."""
     assert_same_curve(runs["tmp"] / "ddp", runs["tmp"] / "reference")
     assert [r["step"] for r in read_metrics(runs["tmp"] / "ddp") if "eval_loss" in r] == [4, 8]
 

@@ -14,8 +14,8 @@ reduction order across ranks) into weight differences of 1e-5..1e-4 even when th
 is identical. SGD shows a wrong gradient undamped and float noise as ~1e-7.
 
 The data are chosen at run time from the fixture corpus: an even number of train blocks
-that is not a multiple of the global batch 8 (the last batch of an epoch is short) with a
-short last block, so the ranks' token counts differ and the loss must be
+that is not a multiple of the global batch 8 (the last batch of an epoch is short) and
+short samples, so the ranks' token counts differ and the loss must be
 normalised by the global count; and an odd number of validation blocks split so that one
 rank has one evaluation batch fewer than the other (it must still join the FSDP forwards).
 
@@ -189,7 +189,7 @@ def resumed(runs):
 def test_the_data_make_the_last_batch_uneven(runs):
     data = runs["data"]
     assert data["blocks"] % 2 == 0 and data["blocks"] % GLOBAL_BATCH, data
-    assert data["tail"] < CUTOFF and data["val_blocks"] % 2 == 1, data
+    assert data["shortest"] < CUTOFF and data["val_blocks"] % 2 == 1, data
     losses = [r["loss"] for r in read_metrics(runs["tmp"] / "reference") if "loss" in r]
     assert losses[-1] < losses[0] - 0.3, "the reference run should learn, or equality proves little"
 
