@@ -54,7 +54,7 @@ def _encode_stretch(task, cfg, spec, rows) -> list[dict]:
         return [{"input_ids": ids, "labels": ids} for ids in (blocks[i].tolist() for i in range(len(blocks)))]
     try:
         if task.pairs is not None:
-            pairs = build_pair_dataset([(spec, rows)], task.tokenizer, cfg, "preview")
+            pairs = build_pair_dataset([(spec, rows)], task.template, task.tokenizer, cfg, "preview")
             return [pairs[i] for i in range(len(pairs))]
         encoded = encode_sft(rows, spec, task.template, task.tokenizer, cfg)
     except ConfigError as err:

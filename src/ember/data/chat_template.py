@@ -1,7 +1,7 @@
 """Conversations rendered by the tokenizer's chat_template (jinja) and cut at the answers.
 
 Used where a format is the model's own chat_template rather than a LLaMA-Factory template: the
-VLM family (nanoVLM's format), and the preference stages. LM SFT and pretraining encode with
+VLM family (nanoVLM's format). LM SFT, the preference stages and pretraining encode with
 data/templates/ (LLaMA-Factory's slot-by-slot encoding) instead.
 """
 from __future__ import annotations

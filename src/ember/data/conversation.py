@@ -114,7 +114,7 @@ def _sharegpt_messages(row: dict, spec: DatasetSpec, cols: dict, openai: bool = 
 
 def to_messages(row: dict, spec: DatasetSpec) -> list[dict] | None:
     """One row → [{'role', 'content'}...] ending with an assistant turn, or None if malformed: the
-    view of a row that a chat_template renders (the VLM, the preference stages), with a system
+    view of a row that a chat_template renders (the VLM), with a system
     message first, function calls as assistant and tool results as user turns."""
     cols = columns_of(spec)
     messages = []

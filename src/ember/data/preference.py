@@ -1,5 +1,10 @@
 """Preference data (LLaMA-Factory's `ranking: true` datasets): a prompt with a chosen and a
-rejected answer → two token sequences that share the prompt, labelled on the answer only.
+rejected answer → two token sequences that share the prompt, labelled on the answer only, encoded
+as LLaMA-Factory 0.9.5's PairwiseDatasetProcessor (and, for KTO, its FeedbackDatasetProcessor)
+does: the row read into a conversation as for SFT (conversation.py), prompt + chosen and
+prompt + rejected through the template's encode_oneturn (system, tools and history included;
+history answers unlabelled), EOS appended to the answers for an efficient_eos template. The prompt
+is never labelled (LLaMA-Factory's pairwise and feedback processors ignore train_on_prompt).
 
 alpaca form: prompt/query/system/history columns as in SFT, the answers in `chosen` and
 `rejected` (strings). sharegpt form: the conversation up to the last user turn in `messages`,
@@ -19,7 +24,8 @@ from torch.utils.data import Dataset
 from ..config.errors import ConfigError
 from .labels import IGNORE
 from .registry import DatasetSpec
-from .sft import _tokenize, check_columns, conversation_pieces, to_messages
+from .conversation import CHAT_FORMATS, Conversation, columns_of, to_conversation
+from .sft import check_columns
 from .truncation import infer_seqlen
 
 log = logging.getLogger("ember")
@@ -36,36 +42,40 @@ def check_pair_columns(ds: datasets.Dataset, spec: DatasetSpec) -> None:
             raise ConfigError(f"dataset '{spec.name}' (ranking, {spec.formatting}) has no column '{name}' "
                               f"(it has: {', '.join(ds.column_names)}); map chosen/rejected with columns in "
                               "dataset_info.json")
-    if spec.formatting == "sharegpt":
+    if spec.formatting in CHAT_FORMATS:
         check_columns(ds, spec)
     else:  # the answer columns stand in for SFT's response column
         check_columns(ds, dataclasses.replace(spec, columns={**spec.columns, "response": chosen}))
 
 
-def pair_messages(row: dict, spec: DatasetSpec) -> tuple[list[dict], list[dict]] | None:
-    """(prompt + chosen, prompt + rejected) as chat messages, or None for a malformed row."""
+def pair_conversations(row: dict, spec: DatasetSpec) -> tuple[Conversation, Conversation] | None:
+    """(prompt + chosen, prompt + rejected) as conversations, or None for a malformed row."""
     chosen_col, rejected_col = _answer_columns(spec)
-    if spec.formatting == "sharegpt":
-        messages_col = spec.columns.get("messages", "conversations")
-        turns = list(row.get(messages_col) or [])
+    if spec.formatting in CHAT_FORMATS:
+        messages_col = columns_of(spec)["messages"]
+        turns = row.get(messages_col)
         answers = [row.get(chosen_col), row.get(rejected_col)]
-        if not all(isinstance(a, dict) for a in answers):
+        if not isinstance(turns, list) or not all(isinstance(a, dict) for a in answers):
             return None
-        pair = [to_messages({**row, messages_col: turns + [answer]}, spec) for answer in answers]
+        pair = [to_conversation({**row, messages_col: turns + [answer]}, spec) for answer in answers]
     else:
-        pair = [to_messages(row, dataclasses.replace(spec, columns={**spec.columns, "response": col}))
+        pair = [to_conversation(row, dataclasses.replace(spec, columns={**spec.columns, "response": col}))
                 for col in (chosen_col, rejected_col)]
-    if pair[0] is None or pair[1] is None or pair[0][:-1] != pair[1][:-1]:
+    chosen, rejected = pair
+    if chosen is None or rejected is None or (chosen.messages[:-1], chosen.system, chosen.tools) != \
+            (rejected.messages[:-1], rejected.system, rejected.tools):
         return None
-    return pair[0], pair[1]
+    return chosen, rejected
 
 
-def _prompt_and_answer(messages: list[dict], tokenizer) -> tuple[str, str]:
-    """The rendered text before the last answer (earlier answers unlabelled, as LLaMA-Factory's
-    encode_oneturn) and the last answer with whatever the template puts after it."""
-    pieces = conversation_pieces(messages, tokenizer, mask_history=True)
-    last = max(i for i, (_, is_answer) in enumerate(pieces) if is_answer)
-    return "".join(t for t, _ in pieces[:last]), "".join(t for t, _ in pieces[last:])
+def _oneturn(template, tokenizer, conversation: Conversation) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) as LLaMA-Factory's encode_oneturn, the answer closed by EOS for an
+    efficient_eos template."""
+    prompt, answer = template.encode_oneturn(tokenizer, conversation.messages, conversation.system,
+                                             conversation.tools)
+    if template.efficient_eos:
+        answer = answer + [tokenizer.eos_token_id]
+    return prompt, answer
 
 
 def encode_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list[int], cutoff_len: int) -> dict:
@@ -78,14 +88,14 @@ def encode_pair(prompt_ids: list[int], chosen_ids: list[int], rejected_ids: list
     return out
 
 
-def encode_pair_rows(rows: list[dict], spec: DatasetSpec, tokenizer, cutoff_len: int) -> list[dict | None]:
+def encode_pair_rows(rows: list[dict], spec: DatasetSpec, template, tokenizer, cutoff_len: int) -> list[dict | None]:
     out = []
     for row in rows:
-        pair = pair_messages(row, spec)
+        pair = pair_conversations(row, spec)
         encoded = None
         if pair is not None:
-            (prompt, chosen), (_, rejected) = (_prompt_and_answer(m, tokenizer) for m in pair)
-            encoded = encode_pair(*_tokenize([prompt, chosen, rejected], tokenizer), cutoff_len)
+            (prompt, chosen), (_, rejected) = (_oneturn(template, tokenizer, c) for c in pair)
+            encoded = encode_pair(prompt, chosen, rejected, cutoff_len)
         out.append(encoded)
     return out
 
@@ -94,7 +104,7 @@ PAIR_COLUMNS = {"chosen_input_ids": [], "chosen_labels": [], "rejected_input_ids
 FEEDBACK_COLUMNS = {"input_ids": [], "labels": [], "kl_input_ids": [], "kl_labels": [], "kto_tag": False}
 
 
-def _map_rows(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg, encode_rows, columns: dict,
+def _map_rows(ds: datasets.Dataset, spec: DatasetSpec, template, tokenizer, cfg, encode_rows, columns: dict,
               what: str) -> datasets.Dataset:
     """ds.map over batches of rows with encode_rows (a dict per row with `columns`, None to drop
     the row); a row whose answer cutoff_len cut away entirely is dropped too, and counted."""
@@ -102,7 +112,7 @@ def _map_rows(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg, encode_ro
 
     def encode(batch):
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
-        encoded = encode_rows(rows, spec, tokenizer, cfg.cutoff_len)
+        encoded = encode_rows(rows, spec, template, tokenizer, cfg.cutoff_len)
         out = {name: [e[name] if e else empty for e in encoded] for name, empty in columns.items()}
         out["ok"] = [e is not None and any(t != IGNORE for t in e[answer][1:]) for e in encoded]
         return out
@@ -119,9 +129,9 @@ def _map_rows(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg, encode_ro
     return kept.remove_columns("ok")
 
 
-def encode_preference(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
+def encode_preference(ds: datasets.Dataset, spec: DatasetSpec, template, tokenizer, cfg) -> datasets.Dataset:
     check_pair_columns(ds, spec)
-    return _map_rows(ds, spec, tokenizer, cfg, encode_pair_rows, PAIR_COLUMNS, "preference pairs")
+    return _map_rows(ds, spec, template, tokenizer, cfg, encode_pair_rows, PAIR_COLUMNS, "preference pairs")
 
 
 class PairDataset(Dataset):
@@ -145,9 +155,10 @@ class PairDataset(Dataset):
         self.rows[name] = list(values)
 
 
-def build_pair_dataset(parts: list, tokenizer, cfg, label: str) -> PairDataset:
-    """Encoded pairs of every (spec, rows) part: ranking datasets, or for stage kto datasets with
-    a kto_tag column (each row's answer beside a mirrored row's answer, its KL sample)."""
+def build_pair_dataset(parts: list, template, tokenizer, cfg, label: str) -> PairDataset:
+    """Encoded pairs of every (spec, rows) part, with `template` (templates.load_template):
+    ranking datasets, or for stage kto datasets with a kto_tag column (each row's answer beside the
+    previous row's answer, its KL sample)."""
     for spec, _ in parts:
         if cfg.stage == "kto" and not _kto_tag_column(spec):
             raise ConfigError(f"stage kto needs a kto_tag: map dataset '{spec.name}''s tag column with "
@@ -155,8 +166,8 @@ def build_pair_dataset(parts: list, tokenizer, cfg, label: str) -> PairDataset:
         if cfg.stage != "kto" and not spec.ranking:
             raise ConfigError(f"stage {cfg.stage} trains on preference pairs: dataset '{spec.name}' must be "
                               "registered with \"ranking\": true and chosen/rejected columns in dataset_info.json")
-    encoded = [encode_feedback(ds, spec, tokenizer, cfg) if cfg.stage == "kto" else
-               encode_preference(ds, spec, tokenizer, cfg) for spec, ds in parts]
+    encoded = [encode_feedback(ds, spec, template, tokenizer, cfg) if cfg.stage == "kto" else
+               encode_preference(ds, spec, template, tokenizer, cfg) for spec, ds in parts]
     joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
     log.info("%s: %d %s", label, len(joined), "KTO samples" if cfg.stage == "kto" else "preference pairs")
     return PairDataset(joined)
@@ -168,46 +179,49 @@ def _kto_tag_column(spec: DatasetSpec) -> str | None:
     return spec.columns.get("kto_tag")
 
 
-def feedback_messages(row: dict, spec: DatasetSpec) -> tuple[list[dict], bool] | None:
-    """A row of a KTO dataset (a conversation ending with the answer, and its kto_tag) → (messages,
-    desirable), or None for a malformed row. The tag may be a bool or its text ('true'/'false')."""
-    messages = to_messages(row, spec)
+def feedback_conversation(row: dict, spec: DatasetSpec) -> tuple[Conversation, bool] | None:
+    """A row of a KTO dataset (a conversation ending with the answer, and its kto_tag) →
+    (conversation, desirable), or None for a malformed row. The tag may be a bool or its text."""
+    conversation = to_conversation(row, spec)
     tag = row.get(_kto_tag_column(spec))
     if isinstance(tag, str) and tag.strip().lower() in ("true", "false"):
         tag = tag.strip().lower() == "true"
-    if messages is None or not isinstance(tag, bool):
+    if conversation is None or not isinstance(tag, bool):
         return None
-    return messages, tag
+    return conversation, tag
 
 
-def encode_feedback_rows(rows: list[dict], spec: DatasetSpec, tokenizer, cutoff_len: int) -> list[dict | None]:
+def encode_feedback_rows(rows: list[dict], spec: DatasetSpec, template, tokenizer,
+                         cutoff_len: int) -> list[dict | None]:
     """LLaMA-Factory's feedback encoding: each row's prompt with its own answer, and with the answer
-    of the row at the mirrored place in the batch (its KL sample, for KTO's reference point)."""
-    parsed = [feedback_messages(row, spec) for row in rows]
-    split = [_prompt_and_answer(p[0], tokenizer) if p is not None else None for p in parsed]
-    answers = [s[1] if s is not None else None for s in split]
+    of the previous row of the batch (the first row: the last row's), its KL sample for KTO's
+    reference point; the two encoded and truncated each on its own."""
+    parsed = [feedback_conversation(row, spec) for row in rows]
+    answers = [p[0].messages[-1] if p is not None else None for p in parsed]
     out = []
-    for row_split, parse, kl_answer in zip(split, parsed, answers[::-1]):
-        if row_split is None or kl_answer is None:
+    for parse, kl_answer in zip(parsed, answers[-1:] + answers[:-1]):
+        if parse is None or kl_answer is None:
             out.append(None)
             continue
-        prompt_ids, answer_ids, kl_ids = _tokenize([row_split[0], row_split[1], kl_answer], tokenizer)
-        source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), cutoff_len)
-        prompt, answer = prompt_ids[:source_len], answer_ids[:target_len]
-        kl_source_len, kl_target_len = infer_seqlen(len(prompt), len(kl_ids), cutoff_len)
-        kl_prompt, kl_answer_ids = prompt[:kl_source_len], kl_ids[:kl_target_len]
-        out.append({"input_ids": prompt + answer, "labels": [IGNORE] * len(prompt) + answer,
-                    "kl_input_ids": kl_prompt + kl_answer_ids,
-                    "kl_labels": [IGNORE] * len(kl_prompt) + kl_answer_ids, "kto_tag": parse[1]})
+        conversation, tag = parse
+        kl_conversation = dataclasses.replace(conversation, messages=conversation.messages[:-1] + [kl_answer])
+        encoded = {}
+        for side, c in (("", conversation), ("kl_", kl_conversation)):
+            prompt_ids, answer_ids = _oneturn(template, tokenizer, c)
+            source_len, target_len = infer_seqlen(len(prompt_ids), len(answer_ids), cutoff_len)
+            prompt, answer = prompt_ids[:source_len], answer_ids[:target_len]
+            encoded[f"{side}input_ids"] = prompt + answer
+            encoded[f"{side}labels"] = [IGNORE] * len(prompt) + answer
+        out.append({**encoded, "kto_tag": tag})
     return out
 
 
-def encode_feedback(ds: datasets.Dataset, spec: DatasetSpec, tokenizer, cfg) -> datasets.Dataset:
+def encode_feedback(ds: datasets.Dataset, spec: DatasetSpec, template, tokenizer, cfg) -> datasets.Dataset:
     check_columns(ds, spec)
     if _kto_tag_column(spec) not in ds.column_names:
         raise ConfigError(f"dataset '{spec.name}' has no column '{_kto_tag_column(spec)}' (its kto_tag; it has: "
                           f"{', '.join(ds.column_names)})")
-    return _map_rows(ds, spec, tokenizer, cfg, encode_feedback_rows, FEEDBACK_COLUMNS, "KTO samples")
+    return _map_rows(ds, spec, template, tokenizer, cfg, encode_feedback_rows, FEEDBACK_COLUMNS, "KTO samples")
 
 
 def collate_pairs(pad_id: int, sides: tuple[str, str] = ("chosen_", "rejected_")):

@@ -12,7 +12,7 @@ import difflib
 import logging
 
 from ...config.errors import ConfigError
-from ..chat_template import ensure_chat_template  # noqa: F401  (the VLM's and preference's path)
+from ..chat_template import ensure_chat_template  # noqa: F401  (the VLM's path)
 from .declarations import TEMPLATES
 from .from_chat_template import template_from_chat_template
 from .template import REASONING, Template, default_answer_slots

@@ -16,7 +16,7 @@ from ...data.registry import resolve_datasets
 from ...data.sft import encode_sft
 from ...data.streaming import StreamedSamples
 from ...data.tokenized_cache import tokenized_sets
-from ...data.templates import ensure_chat_template, load_template
+from ...data.templates import load_template
 from ...engine.task import Loss, Task
 from ...models.finetuning import apply_finetuning, finetuning_param_groups
 from ...models.hf import load_causal_lm, load_tokenizer, new_causal_lm
@@ -43,8 +43,6 @@ class CausalLMTask(Task):
         self.tokenizer = load_tokenizer(source, key, cfg.trust_remote_code)
         # LLaMA-Factory's template: it also changes the tokenizer (eos, stop words, chat_template)
         self.template = load_template(self.tokenizer, cfg)
-        if cfg.stage not in ("pt", "sft"):  # the preference stages still render the chat_template
-            ensure_chat_template(self.tokenizer, None)
         # the stages on answer pairs: their loss (and reference model), else None
         self.pairs = (RewardObjective(cfg) if cfg.stage == "rm" else KTOObjective(cfg) if cfg.stage == "kto" else
                       PreferenceObjective(cfg) if cfg.stage in ("dpo", "orpo", "simpo") else None)
@@ -69,7 +67,7 @@ class CausalLMTask(Task):
             joined = datasets.concatenate_datasets(texts) if len(texts) > 1 else texts[0]
             return build_blocks(joined, self.tokenizer, cfg, label, cfg.template)
         if self.pairs is not None:
-            return build_pair_dataset(parts, self.tokenizer, cfg, label)
+            return build_pair_dataset(parts, self.template, self.tokenizer, cfg, label)
         encoded = [encode_sft(ds, spec, self.template, self.tokenizer, cfg) for spec, ds in parts]
         joined = datasets.concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
         return build_sft_dataset(joined, cfg.cutoff_len, cfg.packing, label)
