@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from ember.config import build_config
 from ember.tasks import build_task
 
-from conftest import curve  # noqa: F401 (re-exported: the distributed tests import it from here)
+from conftest import curve, read_metrics  # noqa: F401 (curve re-exported: the distributed tests import it from here)
 
 CUTOFF = 48
 GLOBAL_BATCH = 8
@@ -131,3 +131,19 @@ def assert_same_weights(got_dir, want_dir, *, same_names: bool = True) -> None:
         gaps = {k: (got[k].float() - want[k].float()).abs().max().item() for k in common}
     worst = max(gaps, key=gaps.get)
     assert gaps[worst] < WEIGHT_TOL, f"{worst} differs by {gaps[worst]:.2e}"
+
+
+def assert_same_logged_run(one_dir: Path, two_dir: Path, keys, weights_file: str, steps: list[int]) -> None:
+    """The two-process run logged `keys` of every step as the one-process run did (within
+    float32 noise of other batch shapes), it learned, and it saved the same `weights_file`."""
+    one, two = read_metrics(one_dir), read_metrics(two_dir)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == steps
+    for a, b in zip(one, two):
+        for key in keys:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-5), (a["step"], key)
+    assert one[-1]["loss"] != one[0]["loss"]
+    got, want = load_file(str(two_dir / weights_file)), load_file(str(one_dir / weights_file))
+    assert got.keys() == want.keys()
+    for key in want:
+        assert torch.allclose(got[key], want[key], atol=1e-5), key
+
