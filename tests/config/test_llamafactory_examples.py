@@ -67,15 +67,16 @@ def test_lora_plus_quantization_bit_is_qlora_as_in_llamafactory(tmp_path):
         build_config(dict(raw, finetuning_type="full", quantization_bit=4))
 
 
-def _every_key():
+def _first_values(paths):
+    """Each key of these YAMLs once, with the value the first of them gives it."""
     seen = {}
-    for path in TRAIN_YAMLS:
+    for path in paths:
         for key, value in read_yaml(str(path)).items():
             seen.setdefault(key, value)
     return sorted(seen.items())
 
 
-@pytest.mark.parametrize("key, value", _every_key(), ids=lambda v: str(v))
+@pytest.mark.parametrize("key, value", _first_values(TRAIN_YAMLS), ids=lambda v: str(v))
 def test_each_train_key_alone_works_or_is_refused_with_a_reason(key, value, make_config, caplog):
     value = "/tmp/somewhere" if key in PATH_KEYS else value
     try:
@@ -89,15 +90,7 @@ def test_each_train_key_alone_works_or_is_refused_with_a_reason(key, value, make
     assert hasattr(cfg, key) or "no effect" in notice, f"{key} was dropped without a word"
 
 
-def _merge_keys():
-    seen = {}
-    for path in MERGE_YAMLS:
-        for key, value in read_yaml(str(path)).items():
-            seen.setdefault(key, value)
-    return sorted(seen.items())
-
-
-@pytest.mark.parametrize("key, value", _merge_keys(), ids=lambda v: str(v))
+@pytest.mark.parametrize("key, value", _first_values(MERGE_YAMLS), ids=lambda v: str(v))
 def test_each_merge_key_works_or_is_refused_with_a_reason(key, value, tmp_path):
     raw = {"model_name_or_path": str(tmp_path / "base"), "export_dir": str(tmp_path / "out")}
     raw[key] = str(tmp_path / key) if key in PATH_KEYS else value
