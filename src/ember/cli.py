@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from .config.errors import ConfigError
+from .engine.host_memory import prefer_huge_pages
 
 USAGE = """usage: ember COMMAND ...
 
@@ -139,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is ever downloaded at run time
+    prefer_huge_pages()  # before anything imports torch and allocates
     logging.basicConfig(level=logging.INFO, format="ember: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "datasets", "httpx", "matplotlib", "bitsandbytes", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -109,6 +109,7 @@ class PrecisionGroup(Group):
     compile: bool = Field(False, description="torch.compile each transformer block (fuses the work between matmuls; the first steps compile)")
     gradient_checkpointing: bool = Field(False, description="recompute each repeated block's activations in backward instead of keeping them (activation checkpointing): much less memory at long sequences, ~25-35% more compute; LLaMA-Factory's disable_gradient_checkpointing: true turns it off")
     gradient_checkpointing_every: int = Field(1, gt=0, description="gradient_checkpointing: recompute only every k-th block (1 = all); larger k keeps more activations and runs faster")
+    malloc_mmap_threshold_kb: int | None = Field(None, ge=0, le=32768, description="host memory: CPU tensors above this many KB go back to the system when freed (glibc's mmap threshold, fixed at start-up), at the price of page faults when they are made again; 0 keeps glibc's sliding threshold, which holds a run's peak to the end; default: 2048 on a CPU run with gradient_checkpointing (a run that chose memory over speed), else 0")
     mfu_peak_flops: float | None = Field(None, gt=0, description="peak FLOP/s per device that the logged mfu divides by (default: measured at start-up with a matmul in the run's dtype)")
     amp_level: Literal["O0", "O1", "O2", "O3"] | None = Field(None, description="mixed-precision policy (seed 000): O0 fp32, O1/O2 autocast, O3 pure bf16")
 

@@ -28,6 +28,7 @@ from .distributed import World
 from .evaluation import EvalCadence, Evaluator
 from .external_eval import ExternalEval
 from .flops import run_peak_flops
+from .host_memory import fix_mmap_threshold, mmap_threshold_kb
 from .outputs import clear_previous_run, prepare_output_dir, write_config
 from .plots import plot_losses
 from .preemption import Preempted, StopSignals
@@ -47,6 +48,7 @@ class Trainer:
         # each component is built from its own keys (cfg.part), the loop's own settings read from cfg
         self.world = World(cfg.part(DistributedGroup))
         self.device = pick_device(cfg.device, self.world.local_rank)
+        fix_mmap_threshold(mmap_threshold_kb(cfg, self.device.type))  # before the model and data take memory
         self.precision = Precision(cfg.part(PrecisionGroup), self.device)
         self.state = Counters()
         self.lock = OutputDirLock(cfg.output_dir)
