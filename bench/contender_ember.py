@@ -64,6 +64,8 @@ def main() -> None:
         config_path.write_text(yaml.safe_dump(config(spec), sort_keys=False))
         argv = ["train", str(config_path)]
 
+    from ember.engine.host_memory import prefer_huge_pages
+    prefer_huge_pages()  # what the `ember` command does before torch's first allocation
     import ember.tasks
     from ember import cli
     build_task = ember.tasks.build_task

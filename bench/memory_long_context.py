@@ -13,7 +13,8 @@ which is the floor that the weights and the runtime set.
 
 It is CPU-heavy (~1-3 minutes a step at 4k on 2 cores), so it is not part of `make bench`:
 
-    python bench/memory_long_context.py [--cutoffs 2048,4096] [--steps 2] [--threads 2]   (make bench-memory)
+    python bench/memory_long_context.py [--cutoffs 2048,4096] [--steps 2] [--threads 2] [--reuse-lf]
+                                                                          (make bench-memory)
 
 mem_lora_<n>k_vs_lf = ember peak RSS / LLaMA-Factory's (lower is better), in bench/out/memory_long_context.json
 and merged into bench/results.json.
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from harness import load_json, progress, save_json, workspace
@@ -72,7 +74,17 @@ def record(cutoff: int, rows: dict, out: dict) -> None:
     save_json(RESULTS, results)
 
 
-def main(cutoffs: list[int], steps: int, threads: int, keep: bool) -> dict:
+def recorded_lf(cutoff: int, steps: int) -> dict | None:
+    """LLaMA-Factory's row of an earlier run at this length and step count, from bench/results.json.
+    Its peak depends on LLaMA-Factory, the model and the YAML only, none of which ember changes."""
+    earlier = load_json(RESULTS).get("memory_long_context", {})
+    row = earlier.get("cutoffs", {}).get(str(cutoff))
+    if not row or row.get("steps") != steps or earlier.get("model") != {**QWEN2_05B, "vocab_size": QWEN2_05B_VOCAB}:
+        return None
+    return {**row["lf"], "reused": True}
+
+
+def main(cutoffs: list[int], steps: int, threads: int, keep: bool, reuse_lf: bool = False) -> dict:
     out: dict = {"threads": threads, "steps": steps, "model": {**QWEN2_05B, "vocab_size": QWEN2_05B_VOCAB},
                  "ember_settings": EMBER_BEST, "cutoffs": {}}
     with workspace("memory-long-context", keep) as tmp:
@@ -90,6 +102,10 @@ def main(cutoffs: list[int], steps: int, threads: int, keep: bool) -> dict:
                                              out=tmp / "unused", batch=1, steps=steps))
             rows = {}
             for name, overrides in (("lf", {}), ("ember", EMBER_BEST)):
+                if name == "lf" and reuse_lf and (reused := recorded_lf(cutoff, steps)):
+                    rows["lf"] = reused
+                    progress(f"LoRA SFT, 0.5B, cutoff_len {cutoff}: lf reused ({reused['peak_rss_mb']:,.0f} MB)")
+                    continue
                 progress(f"LoRA SFT, 0.5B, cutoff_len {cutoff}: {name} ...")
                 work = tmp / f"{name}-{cutoff}"
                 spec = {"yaml": str(yaml_path), "overrides": {**overrides, "output_dir": str(work / "out")},
@@ -99,7 +115,7 @@ def main(cutoffs: list[int], steps: int, threads: int, keep: bool) -> dict:
                 rows[name] = {"peak_rss_mb": raw["tree_peak_rss_mb"], "tokens": raw["tokens"],
                               "largest_process_peak_rss_mb": raw["largest_process_peak_rss_mb"],
                               "step_s": [b - a for a, b in zip([raw["launched"], *ends], ends)],
-                              "wall_s": raw["wall_s"]}
+                              "wall_s": raw["wall_s"], "measured": time.strftime("%Y-%m-%d %H:%M")}
                 steps_s = [round(s) for s in rows[name]["step_s"]]
                 progress(f"  peak RSS {raw['tree_peak_rss_mb']:,.0f} MB, steps {steps_s} s, "
                          f"tokens per step {raw['tokens']}")
@@ -118,5 +134,8 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--reuse-lf", action="store_true",
+                        help="take LLaMA-Factory's rows from bench/results.json where a run of the same length, "
+                             "steps and model is there (they take 8-15 minutes a length)")
     args = parser.parse_args()
-    main(args.cutoffs, args.steps, args.threads, args.keep)
+    main(args.cutoffs, args.steps, args.threads, args.keep, args.reuse_lf)

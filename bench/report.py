@@ -41,11 +41,11 @@ def llamafactory_table(lf: dict) -> list[str]:
     """Each contender's median over the alternating rounds, and the ratios' spread."""
     import statistics
     names = {"lf": "LLaMA-Factory (`llamafactory-cli train`)", "ember": "ember (same YAML)",
-             "ember_packed": "ember, `packing=true`"}
+             "ember_packed": "ember, `packing=true`", "ember_checkpointed": "ember, `gradient_checkpointing=true`"}
     lines = [f"**LLaMA-Factory, Qwen2-shaped 11M, LoRA, fp32, batch {lf['batch']}, cutoff_len {lf['cutoff_len']}, "
              f"{len(lf['rounds'])} alternating rounds (medians; real tokens/s)**", "",
              "| contender | tokens/s | peak RSS (process tree) |", "|---|---|---|"]
-    for name, label in names.items():
+    for name, label in ((n, label) for n, label in names.items() if n in lf["rounds"][0]):  # older runs lack some
         rate = statistics.median(r[name]["tokens_per_s"] for r in lf["rounds"])
         rss = statistics.median(r[name]["peak_rss_mb"] for r in lf["rounds"])
         lines.append(f"| {label} | {rate:,.0f} | {rss:,.0f} MB |")
