@@ -40,7 +40,7 @@ def video_config(videos: Path) -> dict:
     return dict(task="video_vae", model_config="causal_vae-tiny", video_path=str(videos / "train"),
                 eval_dataset=str(videos / "val"), video_num_frames=5, resolution=16, clips_per_video=2,
                 max_steps=STEPS, save_steps=STEPS, logging_steps=1, eval_steps=STEPS, num_recon_clips=0,
-                optim="sgd", momentum=0.9, learning_rate=0.05, use_ema=True, ema_decay=0.5,
+                optim="sgd", momentum=0.9, learning_rate=0.02, use_ema=True, ema_decay=0.5,
                 use_discriminator=True, disc_channels=8, perceptual_weight=0.0, seed=3,
                 disable_tqdm=True)
 
@@ -98,10 +98,10 @@ def test_two_processes_train_as_one_with_the_same_global_batch(runs, pair):
         f"{pair}: the reference should learn: {losses}"
     # the discriminator's optimizer is logged (and stepped) only once it has joined
     assert ("loss_disc" in rows[-1]) == (pair == "gan") and "loss_disc" not in rows[0]
-    # Open-Sora-Plan's CausalVAE at 16 px amplifies float rounding once its weights have moved: one
-    # process alone, batch 4 vs 2 × accumulation 2, differs by 8.5e-6 (step 3) and 6.8e-5 (step 4)
-    # in grad_norm, and the two-process plain run by 2.3e-5 in step 4's eval_loss (lr 0.05); its SSIM
-    # is ~0.004, where 2e-5 apart is 0.6% (the final weights below are held to 1e-5)
+    # Open-Sora-Plan's CausalVAE at 16 px amplifies float rounding once its weights have moved, and
+    # how much depends on the CPU's kernels: at lr 0.05 the two-process plain run's step-4 eval_loss
+    # was 2.3e-5 off on an AVX-512 Xeon and 3.5e-4 on an AVX2 EPYC (weights 5.5e-6 apart). At lr 0.02
+    # (EPYC): losses 1.9e-6, eval 3.5e-6, grad_norm 1.7e-4, SSIM (~0.004, near zero) 1.1e-3, weights 1.5e-7
     assert_same_curve(ddp, one, want_name="one process", rel=1e-4,
                       rel_for={"grad_norm": 1e-3, "ssim": 1e-2, "ema_ssim": 1e-2})
     assert_same_weights(ddp / f"checkpoint-{STEPS}", one / f"checkpoint-{STEPS}")

@@ -34,11 +34,16 @@ def _run(pref_config, tmp_path, name: str, **overrides):
 
 
 def _max_difference(live: list[dict], pre: list[dict], keys) -> float:
+    """The largest gap, relative to the value where it is above 1. The reference pass batches rows
+    differently from the live one, so its log-probs (~-235, where an fp32 step is 1.5e-5) may round
+    differently: bit-identical on an AVX-512 Xeon, 1-2 steps apart on an AVX2 EPYC. A reward is
+    beta (0.1) times a difference of two of them, so 1e-5 allows a few steps; a wrong reference
+    (the policy's, or another row's) is off by 1e-3 and more."""
     worst = 0.0
     for a, b in zip(live, pre, strict=True):
         for key in keys:
             if key in a:
-                worst = max(worst, abs(a[key] - b[key]))
+                worst = max(worst, abs(a[key] - b[key]) / max(1.0, abs(a[key])))
     return worst
 
 
@@ -57,7 +62,7 @@ def test_precomputed_reference_equals_the_live_one(pref_config, tmp_path, stage,
     keys = COMPARED + (("kl",) if stage == "kto" else ())
     diff = _max_difference(live, pre, keys)
     print(f"{stage}/{finetuning_type}: max |live - precomputed| = {diff:.3g}")
-    assert diff <= 1e-6
+    assert diff <= 1e-5
 
 
 def test_full_finetuning_keeps_no_reference_copy(pref_config):
@@ -81,7 +86,7 @@ def test_evaluation_uses_the_precomputed_reference(pref_config, tmp_path):
     _, pre = _run(pref_config, tmp_path, "pre", precompute_ref_log_probs=True, **common)
     keys = ("eval_loss", "eval_rewards/margins", *COMPARED)
     assert any("eval_loss" in r for r in pre)
-    assert _max_difference(live, pre, keys) <= 1e-6
+    assert _max_difference(live, pre, keys) <= 1e-5
 
 
 def test_reference_free_stages_refuse_the_option(pref_config):
