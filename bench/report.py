@@ -21,6 +21,7 @@ TARGETS = [("fixed_vs_trainer", "ember / Trainer tokens/s, fixed-length, fp32 (l
            ("mfu_50m", "ember MFU, 50m, against the measured fp32 peak", "≥ 70%"),
            ("sft_lora_vs_lf", "ember / LLaMA-Factory real tokens/s, same SFT-LoRA YAML (median round)", "≥ 1.2"),
            ("sft_packed_vs_lf", "ember `packing: true` / LLaMA-Factory default, real tokens/s (median round)", "≥ 2"),
+           ("rss_sft_lora_checkpointed_vs_lf", "ember / LLaMA-Factory peak RSS, same YAML, both checkpointing", "≤ 1"),
            ("mem_lora_2k_vs_lf", "ember / LLaMA-Factory peak RSS, LoRA 0.5B, cutoff_len 2048 (bench-memory)", "≤ 1"),
            ("mem_lora_4k_vs_lf", "ember / LLaMA-Factory peak RSS, LoRA 0.5B, cutoff_len 4096 (bench-memory)", "≤ 1")]
 

@@ -2,7 +2,7 @@
 
 One YAML (`sft_lora.yaml`, written in LLaMA-Factory's format after its
 examples/train_lora/*_lora_sft.yaml, with `use_cpu: true` because its bf16 check refuses CPUs)
-is trained three ways, each in a fresh process:
+is trained four ways, each in a fresh process:
 
   lf            `llamafactory-cli train sft_lora.yaml` in LLaMA-Factory's own venv
                 (bench/llamafactory_venv.py; its defaults: padding to the longest of each
