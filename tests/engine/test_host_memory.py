@@ -19,8 +19,7 @@ from ember.engine.host_memory import CHECKPOINTED_THRESHOLD_KB, fix_mmap_thresho
 # touched and all freed but the newest, which sits on top of the heap when they come from it.
 PROGRAM = """
 import json, os, sys, torch
-from ember.config.loader import load_config
-from ember.engine.host_memory import CHECKPOINTED_THRESHOLD_KB, fix_mmap_threshold, mmap_threshold_kb
+from ember.engine.host_memory import fix_mmap_threshold
 set_to = fix_mmap_threshold(int(sys.argv[1]))
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page / 2**20
